@@ -20,8 +20,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import Module from 'node:module';
 import { tmpdir } from 'node:os';
+import { compileFunction } from 'node:vm';
 import { dirname, join, resolve as resolvePath, sep } from 'node:path';
-import { transform, getVersion as sucraseVersion } from 'sucrase';
 import type { AppProvider } from './gateway/run';
 import type { ErrorLog } from './gateway/log';
 import type { Application } from './tsgi';
@@ -67,14 +67,17 @@ interface CompilableModule {
 }
 
 let hooksInstalled = false;
-let cache: TranspileCache | null = null;
+/** The cache for files compiled outside a load() (a lazy require at request time, say). */
+let defaultCache: TranspileCache | null = null;
+/** The cache of the loader whose load() is running; load() is synchronous, so one at a time. */
+let activeCache: TranspileCache | null = null;
 
 /**
  * Installs the `.tsgi`/`.ts` compile hook and lets app code resolve `tsgi` (types,
  * middleware) even when the app's own node_modules does not have it. Idempotent.
  */
-export function installHooks(options: Pick<LoaderOptions, 'cacheDir' | 'log'> = {}): void {
-  if (!cache) cache = new TranspileCache(options.cacheDir, options.log);
+export function installHooks(options: Pick<LoaderOptions, 'log'> = {}): void {
+  if (!defaultCache) defaultCache = new TranspileCache(undefined, options.log);
   if (hooksInstalled) return;
   hooksInstalled = true;
   process.setSourceMapsEnabled(true);
@@ -123,7 +126,7 @@ function compiledSource(filename: string): string {
   } catch (err) {
     throw fileError(filename, err);
   }
-  const c = cache as TranspileCache;
+  const c = (activeCache ?? defaultCache) as TranspileCache;
   const key = c.key(filename, mtimeMs, size, source);
   const hit = c.get(key);
   if (hit !== null) return hit;
@@ -143,6 +146,8 @@ export function transpile(source: string, filename: string): string {
   if (usesImportMeta) text = text.replace(/\bimport\.meta\b/g, '__tsgi_import_meta');
   let result;
   try {
+    // Loaded on first use: a process that only hits the cache never pays for sucrase.
+    const { transform } = require('sucrase') as typeof import('sucrase');
     result = transform(text, {
       transforms: filename.endsWith('x') ? ['typescript', 'imports', 'jsx'] : ['typescript', 'imports'],
       filePath: filename,
@@ -155,7 +160,9 @@ export function transpile(source: string, filename: string): string {
     const loc = (err as { loc?: { line: number; column: number } }).loc;
     const detail = (err as Error).message.replace(/^Error transforming [^:]*: /, '').replace(/ \(\d+:\d+\)$/, '');
     if (loc) {
-      throw new LoadError('SYNTAX', filename, `${filename}:${loc.line}:${loc.column + 1}: syntax error: ${detail}`, { cause: err });
+      // sucrase's column is already 1-based; after a failed arrow-function parse it points
+      // at the start of the construct it gave up on.
+      throw new LoadError('SYNTAX', filename, `${filename}:${loc.line}:${loc.column}: syntax error: ${detail}`, { cause: err });
     }
     throw new LoadError('SYNTAX', filename, `${filename}: syntax error: ${detail}`, { cause: err });
   }
@@ -181,6 +188,7 @@ export class ScriptLoader implements AppProvider {
   private watched = new Map<string, number>();
   /** The last failure and the script mtime it happened at: not retried until the file changes. */
   private failure: { error: LoadError; mtimeMs: number } | null = null;
+  private readonly cache: TranspileCache;
 
   constructor(scriptPath: string, options: LoaderOptions = {}) {
     this.path = resolvePath(scriptPath);
@@ -190,6 +198,7 @@ export class ScriptLoader implements AppProvider {
       throw new LoadError('NO_EXPORT', this.path, `invalid callable name ${JSON.stringify(this.callable)}: it must be an identifier`);
     }
     installHooks(options);
+    this.cache = caches(options);
   }
 
   get label(): string {
@@ -216,6 +225,7 @@ export class ScriptLoader implements AppProvider {
     const M = Module as unknown as NodeModuleInternals;
     const before = new Set(Object.keys(M._cache));
     const mtimeAtLoad = mtimeOf(this.path);
+    activeCache = this.cache;
     try {
       const exportsObj = this.requireScript();
       this.app = this.findCallable(exportsObj);
@@ -225,6 +235,7 @@ export class ScriptLoader implements AppProvider {
       this.failure = { error, mtimeMs: mtimeAtLoad };
       throw error;
     } finally {
+      activeCache = null;
       for (const id of Object.keys(M._cache)) {
         if (before.has(id) || id.includes(`${sep}node_modules${sep}`)) continue;
         this.watched.set(id, mtimeOf(id));
@@ -246,7 +257,9 @@ export class ScriptLoader implements AppProvider {
       return require(this.path) as Record<string, unknown>;
     } catch (err) {
       if (err instanceof LoadError) throw err;
-      if (err instanceof SyntaxError) throw syntaxError(this.path, err);
+      // By name, not instanceof: the error may come from another realm's SyntaxError.
+      if ((err as Error)?.name === 'SyntaxError') throw syntaxError(this.path, err as SyntaxError);
+      if ((err as NodeJS.ErrnoException)?.code === 'ERR_REQUIRE_ASYNC_MODULE') throw topLevelAwait(this.path, err);
       throw new LoadError('EVALUATION', this.path, `${this.path} threw while loading:\n${(err as Error)?.stack ?? String(err)}`, { cause: err });
     }
   }
@@ -289,6 +302,19 @@ export class ScriptLoader implements AppProvider {
   }
 }
 
+const cachesByDir = new Map<string, TranspileCache>();
+
+/** One TranspileCache per directory, so its safety check and warning happen once. */
+function caches(options: LoaderOptions): TranspileCache {
+  const key = options.cacheDir === false ? '' : (options.cacheDir ?? '\0default');
+  let c = cachesByDir.get(key);
+  if (!c) {
+    c = key === '\0default' && defaultCache ? defaultCache : new TranspileCache(options.cacheDir, options.log);
+    cachesByDir.set(key, c);
+  }
+  return c;
+}
+
 function mtimeOf(file: string): number {
   try {
     return statSync(file).mtimeMs;
@@ -316,6 +342,22 @@ function syntaxError(scriptPath: string, err: SyntaxError): LoadError {
   return new LoadError('SYNTAX', file, `${where}: syntax error: ${err.message}`, { cause: err });
 }
 
+/**
+ * Node 20 sees top-level await, re-parses the file as ESM and refuses to require() it.
+ * Scripts are CommonJS (so they can be reloaded); compiling the transpiled code as a
+ * CommonJS body gets V8's own SyntaxError with the line and column.
+ */
+function topLevelAwait(scriptPath: string, err: unknown): LoadError {
+  try {
+    compileFunction(compiledSource(scriptPath), ['exports', 'require', 'module', '__filename', '__dirname'], { filename: scriptPath });
+  } catch (compileErr) {
+    if ((compileErr as Error)?.name === 'SyntaxError') return syntaxError(scriptPath, compileErr as SyntaxError);
+  }
+  return new LoadError('SYNTAX', scriptPath, `${scriptPath}: top-level await is not supported in a .tsgi script or a module it imports; await inside the application instead`, {
+    cause: err,
+  });
+}
+
 function describeValue(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
@@ -331,7 +373,7 @@ function describeValue(v: unknown): string {
  */
 class TranspileCache {
   private readonly dir: string | null;
-  private readonly prefix = `sucrase-${sucraseVersion()}-r${TRANSFORM_REVISION}`;
+  private readonly prefix = `sucrase-${(require('sucrase/package.json') as { version: string }).version}-r${TRANSFORM_REVISION}`;
   private warned = false;
 
   constructor(

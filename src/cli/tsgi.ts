@@ -1,0 +1,30 @@
+/**
+ * The `tsgi` command. Subcommands:
+ *   serve APP.tsgi [--host H] [--port N] [--reload]   the development server
+ */
+import { serveCommand } from './serve';
+
+const USAGE = `usage: tsgi <command> [options]
+
+commands:
+  serve APP.tsgi [--host H] [--port N] [--reload] [--callable NAME]
+                 [--mount-point /PATH] [--validate]
+      Runs APP.tsgi on a development HTTP server (default http://127.0.0.1:8000/).
+`;
+
+export async function main(argv: string[] = process.argv.slice(2)): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'serve':
+      return serveCommand(rest);
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`tsgi: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+      return 2;
+  }
+}

@@ -1,0 +1,5 @@
+export * from './ports';
+export * from './apache';
+export * from './lighttpd';
+export * from './http';
+export { pidAlive, findProcesses, killAllServers, makeReadableTempDir, isRoot, type FileSpec } from './proc';

@@ -20,6 +20,7 @@ import {
   waitForFileMatch,
   writeFiles,
   type FileSpec,
+  type StopResult,
 } from './proc';
 
 export const APACHE_BIN = '/usr/sbin/apache2';
@@ -60,6 +61,12 @@ export interface ApacheOptions {
   defines?: string[];
   env?: NodeJS.ProcessEnv;
   startTimeoutMs?: number;
+  /**
+   * Startup counts as failed when the error log matches this once the server reports it
+   * is running (e.g. "cgid daemon failed to initialize" is only [crit], Apache keeps
+   * going and every CGI request would 503). Default: any emerg/alert/crit line; null disables.
+   */
+  failOnLog?: RegExp | null;
   /** Leave the ServerRoot on disk after stop() (also: TSGI_KEEP_SERVER_ROOT=1). */
   keepRoot?: boolean;
 }
@@ -88,7 +95,7 @@ export interface ApacheInstance {
   /** `apache2 -k graceful`, then waits until the new generation reports it is running. */
   graceful(timeoutMs?: number): Promise<void>;
   /** Idempotent; graceful=true uses graceful-stop (SIGWINCH), otherwise stop (SIGTERM). */
-  stop(opts?: { graceful?: boolean; timeoutMs?: number }): Promise<void>;
+  stop(opts?: { graceful?: boolean; timeoutMs?: number }): Promise<StopResult>;
   readonly stopped: boolean;
 }
 
@@ -269,7 +276,7 @@ async function startOnce(opts: ApacheOptions, port: number): Promise<ApacheInsta
   const keep = opts.keepRoot || keepRootsByEnv();
   const g = generate(root, port, opts);
   const args = [...commandArgs(g, opts), '-DFOREGROUND'];
-  const proc = new ManagedProcess({ command: APACHE_BIN, args, cwd: root, env: opts.env, marker: g.confPath });
+  const proc = new ManagedProcess({ command: APACHE_BIN, args, cwd: root, env: opts.env, marker: g.confPath, root, keepRoot: keep });
   const timeoutMs = opts.startTimeoutMs ?? 15_000;
   const deadline = Date.now() + timeoutMs;
 
@@ -290,14 +297,29 @@ async function startOnce(opts: ApacheOptions, port: number): Promise<ApacheInsta
     if (proc.exitedFlag) {
       await fail(`apache2 exited (code ${proc.exitCode}, signal ${proc.exitSignal})`);
     }
-    const pid = readPidFile(g.pidPath);
-    if (pid !== null && (await canConnect(port, '127.0.0.1', 500)) && !proc.exitedFlag) break;
+    // The listener is up before modules finish post_config/child init; the notice line
+    // (always logged, whatever LogLevel) marks the end of startup.
+    if (
+      readPidFile(g.pidPath) !== null &&
+      /resuming normal operations/.test(readText(g.errorLogPath)) &&
+      (await canConnect(port, '127.0.0.1', 500)) &&
+      !proc.exitedFlag
+    ) {
+      break;
+    }
     if (Date.now() > deadline) await fail(`not ready after ${timeoutMs} ms`);
     await delay(25);
   }
+  const failOnLog = opts.failOnLog === undefined ? /:(emerg|alert|crit)\]/ : opts.failOnLog;
+  if (failOnLog) {
+    // Child-init hooks (cgid's daemon, MPM children) log a moment after the parent's notice.
+    await delay(100);
+    const bad = readText(g.errorLogPath).split('\n').find((l) => failOnLog.test(l));
+    if (bad !== undefined) await fail(`error log matches ${failOnLog}: ${bad}`);
+  }
 
   let stopped = false;
-  let stopping: Promise<void> | null = null;
+  let stopping: Promise<StopResult> | null = null;
   let finalErrorLog: string | null = null;
   let finalAccessLog: string | null = null;
 
@@ -339,13 +361,14 @@ async function startOnce(opts: ApacheOptions, port: number): Promise<ApacheInsta
       stopping = (async () => {
         const pidFromFile = readPidFile(g.pidPath);
         const extra = pidFromFile !== null && pidFromFile !== proc.pid ? [pidFromFile] : [];
-        await proc.terminate(so.graceful ? 'SIGWINCH' : 'SIGTERM', so.timeoutMs ?? 10_000, extra);
+        const killed = await proc.terminate(so.graceful ? 'SIGWINCH' : 'SIGTERM', so.timeoutMs ?? 10_000, extra);
         const still = [proc.pid, ...extra].filter(pidAlive);
         if (still.length) throw new Error(`Apache processes still alive after stop: ${still.join(', ')}`);
         finalErrorLog = readText(g.errorLogPath);
         finalAccessLog = readText(g.accessLogPath);
         stopped = true;
         if (!keep) fs.rmSync(root, { recursive: true, force: true });
+        return { killed };
       })();
       return stopping;
     },

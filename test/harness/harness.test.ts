@@ -2,7 +2,9 @@
  * Proves the real-server harness itself: private Apache (event, prefork) and lighttpd
  * instances serve a shell CGI, expose their logs, and leave no process behind.
  */
+import { once } from 'node:events';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import { configtest, startApache, type ApacheInstance, type Mpm } from './apache';
 import { chunks, decodeChunked, parseRawResponse, rawRequest, request, requestAndDisconnect } from './http';
@@ -33,7 +35,7 @@ const cgiFiles = {
   'cgi/big.sh': { content: BIG_CGI, mode: 0o755 },
 };
 
-const started: { stop(): Promise<void> }[] = [];
+const started: { stop(): Promise<unknown> }[] = [];
 afterAll(async () => {
   await Promise.all(started.map((s) => s.stop()));
 });
@@ -99,7 +101,7 @@ describe.each<Mpm>(['event', 'prefork'])('Apache %s', (mpm) => {
   if (mpm === 'event') {
     it('restarts gracefully', async () => {
       await apache.graceful();
-      expect(apache.errorLog()).toMatch(/Graceful restart requested/);
+      expect(apache.errorLog()).toMatch(/SIGUSR1 received\.\s+Doing graceful restart/);
       expect((await request(apache.url('/cgi/env.sh'))).status).toBe(200);
     });
   }
@@ -107,11 +109,14 @@ describe.each<Mpm>(['event', 'prefork'])('Apache %s', (mpm) => {
   it('stops without leaving a process', async () => {
     const pids = apache.processes();
     expect(pids).toContain(apache.pid);
-    await apache.stop();
-    await apache.stop(); // idempotent
+    // prefork exercises graceful-stop (SIGWINCH), event plain stop (SIGTERM).
+    const graceful = mpm === 'prefork';
+    const res = await apache.stop({ graceful });
+    expect(res.killed).toEqual([]);
+    expect(await apache.stop()).toBe(res); // idempotent
     expectGone([apache.pid, ...pids]);
     expect(fs.existsSync(apache.root)).toBe(false);
-    expect(apache.errorLog()).toMatch(/caught SIGTERM, shutting down/);
+    expect(apache.errorLog()).toMatch(graceful ? /caught SIGWINCH, shutting down gracefully/ : /caught SIGTERM, shutting down/);
     await expect(request(apache.url('/'), { timeoutMs: 1000 })).rejects.toThrow();
   });
 });
@@ -132,8 +137,18 @@ describe('Apache config errors', () => {
 
   it('startApache throws with the reason when the server cannot start', async () => {
     await expect(startApache({ config: 'NoSuchDirective on\n' })).rejects.toThrow(/Invalid command 'NoSuchDirective'/);
-    // A runtime failure after config parsing lands in the error log and is reported too.
-    await expect(startApache({ config: 'ScriptSock /nonexistent-dir/x.sock\n' })).rejects.toThrow(/nonexistent-dir/);
+    // Apache keeps running when the cgid daemon cannot start; the harness refuses it.
+    await expect(startApache({ config: 'ScriptSock /nonexistent-dir/x.sock\n' })).rejects.toThrow(
+      /cgid daemon failed to initialize/,
+    );
+    const blocker = net.createServer().listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const port = (blocker.address() as net.AddressInfo).port;
+    try {
+      await expect(startApache({ port })).rejects.toThrow(/Address already in use/);
+    } finally {
+      blocker.close();
+    }
   });
 });
 
@@ -160,14 +175,14 @@ describe('lighttpd', () => {
     expect(s.headers['content-type']).toBe('text/html');
     const up = await request(lt.url('/echo.sh'), { body: chunks(['a', 'b', 'c']) });
     expect(up.text).toBe('abc');
-    await lt.waitForLog(/cgi-stderr-marker \/x\/y/);
+    await lt.waitForCgiLog(/cgi-stderr-marker \/x\/y/);
     expect(lt.errorLog()).toMatch(/server started/);
   });
 
   it('stops without leaving a process', async () => {
     const pids = lt.processes();
     expect(pids).toContain(lt.pid);
-    await lt.stop();
+    expect((await lt.stop()).killed).toEqual([]);
     await lt.stop();
     expectGone([lt.pid, ...pids]);
     expect(lt.errorLog()).toMatch(/server stopped/);

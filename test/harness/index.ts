@@ -2,4 +2,4 @@ export * from './ports';
 export * from './apache';
 export * from './lighttpd';
 export * from './http';
-export { pidAlive, findProcesses, killAllServers, makeReadableTempDir, isRoot, type FileSpec } from './proc';
+export { pidAlive, findProcesses, killAllServers, makeReadableTempDir, isRoot, type FileSpec, type StopResult } from './proc';

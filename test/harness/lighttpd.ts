@@ -19,6 +19,7 @@ import {
   waitForFileMatch,
   writeFiles,
   type FileSpec,
+  type StopResult,
 } from './proc';
 
 export const LIGHTTPD_BIN = '/usr/sbin/lighttpd';
@@ -60,18 +61,22 @@ export interface LighttpdInstance {
   readonly documentRoot: string;
   readonly errorLogPath: string;
   readonly accessLogPath: string;
+  /** server.breakagelog: where CGI scripts' stderr goes (Apache puts it in its error log). */
+  readonly cgiLogPath: string;
   readonly configFirstLine: number;
   readonly pid: number;
   url(p?: string): string;
-  /** lighttpd's own log; CGI stderr is appended to the same file (server.breakagelog). */
   errorLog(): string;
   accessLog(): string;
+  cgiLog(): string;
   logMark(): number;
+  cgiLogMark(): number;
   waitForLog(re: RegExp, timeoutMs?: number, since?: number): Promise<RegExpMatchArray>;
+  waitForCgiLog(re: RegExp, timeoutMs?: number, since?: number): Promise<RegExpMatchArray>;
   processes(): number[];
   output(): string;
   /** Idempotent; graceful=true sends SIGINT (finish open requests), otherwise SIGTERM. */
-  stop(opts?: { graceful?: boolean; timeoutMs?: number }): Promise<void>;
+  stop(opts?: { graceful?: boolean; timeoutMs?: number }): Promise<StopResult>;
   readonly stopped: boolean;
 }
 
@@ -87,6 +92,7 @@ interface Generated {
   documentRoot: string;
   errorLogPath: string;
   accessLogPath: string;
+  cgiLogPath: string;
   pidPath: string;
   configFirstLine: number;
 }
@@ -110,16 +116,18 @@ function generate(root: string, port: number, opts: LighttpdOptions): Generated 
   const errorLogPath = path.join(root, 'error.log');
   const accessLogPath = path.join(root, 'access.log');
   const pidPath = path.join(root, 'lighttpd.pid');
+  const cgiLogPath = path.join(root, 'cgi-stderr.log');
 
   const user = opts.user === undefined ? (isRoot() ? 'www-data' : null) : opts.user;
   const group = opts.group === undefined ? user : opts.group;
 
   // lighttpd 1.4.69 opens its logs after dropping privileges, so they must already exist
   // and belong to the worker user; the root dir itself stays root-owned.
-  for (const f of [errorLogPath, accessLogPath]) fs.writeFileSync(f, '', { mode: 0o644 });
+  const logs = [errorLogPath, accessLogPath, cgiLogPath];
+  for (const f of logs) fs.writeFileSync(f, '', { mode: 0o644 });
   if (user && isRoot()) {
     const { uid, gid } = lookupIds(user, group ?? user);
-    for (const f of [errorLogPath, accessLogPath]) fs.chownSync(f, uid, gid);
+    for (const f of logs) fs.chownSync(f, uid, gid);
   }
 
   const modules: string[] = [];
@@ -135,9 +143,9 @@ function generate(root: string, port: number, opts: LighttpdOptions): Generated 
     `server.port = ${port}`,
     `server.document-root = ${q(documentRoot)}`,
     `server.errorlog = ${q(errorLogPath)}`,
-    // Without this, CGI stderr goes to lighttpd's own stderr (our pipe); sharing the error
-    // log makes it observable the same way as under Apache.
-    `server.breakagelog = ${q(errorLogPath)}`,
+    // Without this, CGI stderr goes to lighttpd's own stderr (our pipe). It cannot be the
+    // error log itself: lighttpd then silently keeps stderr as it was.
+    `server.breakagelog = ${q(cgiLogPath)}`,
     `server.pid-file = ${q(pidPath)}`,
     'index-file.names = ("index.html")',
     'mimetype.assign = (".html" => "text/html", ".txt" => "text/plain", ".css" => "text/css", ' +
@@ -153,7 +161,7 @@ function generate(root: string, port: number, opts: LighttpdOptions): Generated 
   fs.writeFileSync(confPath, lines.join('\n') + '\n' + extra + (extra === '' || extra.endsWith('\n') ? '' : '\n'), {
     mode: 0o644,
   });
-  return { root, confPath, documentRoot, errorLogPath, accessLogPath, pidPath, configFirstLine };
+  return { root, confPath, documentRoot, errorLogPath, accessLogPath, cgiLogPath, pidPath, configFirstLine };
 }
 
 export interface LighttpdConfigtestResult {
@@ -210,6 +218,8 @@ async function startOnce(opts: LighttpdOptions, port: number): Promise<LighttpdI
     cwd: root,
     env: opts.env,
     marker: g.confPath,
+    root,
+    keepRoot: keep,
   });
   const timeoutMs = opts.startTimeoutMs ?? 15_000;
   const deadline = Date.now() + timeoutMs;
@@ -234,9 +244,18 @@ async function startOnce(opts: LighttpdOptions, port: number): Promise<LighttpdI
   }
 
   let stopped = false;
-  let stopping: Promise<void> | null = null;
+  let stopping: Promise<StopResult> | null = null;
   let finalErrorLog: string | null = null;
   let finalAccessLog: string | null = null;
+  let finalCgiLog: string | null = null;
+  const waitIn = async (file: string, final: string | null, re: RegExp, ms: number, since: number) => {
+    if (final !== null) {
+      const m = Buffer.from(final).subarray(since).toString('utf8').match(re);
+      if (m) return m;
+      throw new Error(`${re} not in ${file} of a stopped lighttpd:\n${final}`);
+    }
+    return waitForFileMatch(file, re, ms, since);
+  };
 
   return {
     port,
@@ -245,6 +264,7 @@ async function startOnce(opts: LighttpdOptions, port: number): Promise<LighttpdI
     documentRoot: g.documentRoot,
     errorLogPath: g.errorLogPath,
     accessLogPath: g.accessLogPath,
+    cgiLogPath: g.cgiLogPath,
     configFirstLine: g.configFirstLine,
     pid: proc.pid,
     get stopped() {
@@ -254,14 +274,10 @@ async function startOnce(opts: LighttpdOptions, port: number): Promise<LighttpdI
     errorLog: () => finalErrorLog ?? readText(g.errorLogPath),
     accessLog: () => finalAccessLog ?? readText(g.accessLogPath),
     logMark: () => fileSize(g.errorLogPath),
-    async waitForLog(re, ms = 5000, since = 0) {
-      if (finalErrorLog !== null) {
-        const m = Buffer.from(finalErrorLog).subarray(since).toString('utf8').match(re);
-        if (m) return m;
-        throw new Error(`${re} not in the error log of a stopped lighttpd:\n${finalErrorLog}`);
-      }
-      return waitForFileMatch(g.errorLogPath, re, ms, since);
-    },
+    cgiLog: () => finalCgiLog ?? readText(g.cgiLogPath),
+    cgiLogMark: () => fileSize(g.cgiLogPath),
+    waitForLog: (re, ms = 5000, since = 0) => waitIn(g.errorLogPath, finalErrorLog, re, ms, since),
+    waitForCgiLog: (re, ms = 5000, since = 0) => waitIn(g.cgiLogPath, finalCgiLog, re, ms, since),
     processes: () => proc.processes(),
     output: () => proc.stderr() + proc.stdout(),
     stop(so = {}) {
@@ -270,13 +286,15 @@ async function startOnce(opts: LighttpdOptions, port: number): Promise<LighttpdI
         // lighttpd cannot unlink its pid file after dropping privileges; it truncates it.
         const pidFromFile = readPidFile(g.pidPath);
         const extra = pidFromFile !== null && pidFromFile !== proc.pid ? [pidFromFile] : [];
-        await proc.terminate(so.graceful ? 'SIGINT' : 'SIGTERM', so.timeoutMs ?? 10_000, extra);
+        const killed = await proc.terminate(so.graceful ? 'SIGINT' : 'SIGTERM', so.timeoutMs ?? 10_000, extra);
         const still = [proc.pid, ...extra].filter(pidAlive);
         if (still.length) throw new Error(`lighttpd processes still alive after stop: ${still.join(', ')}`);
         finalErrorLog = readText(g.errorLogPath);
         finalAccessLog = readText(g.accessLogPath);
+        finalCgiLog = readText(g.cgiLogPath);
         stopped = true;
         if (!keep) fs.rmSync(root, { recursive: true, force: true });
+        return { killed };
       })();
       return stopping;
     },

@@ -80,11 +80,11 @@ function installExitHooks(): void {
   hooksInstalled = true;
   // 'exit' handlers must be synchronous, so this is SIGKILL without waiting.
   process.on('exit', () => {
-    for (const p of live) p.killNow();
+    for (const p of live) p.emergencyCleanup();
   });
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     const handler = () => {
-      for (const p of live) p.killNow();
+      for (const p of live) p.emergencyCleanup();
       process.removeListener(sig, handler);
       // Only re-raise when nobody else handles the signal; otherwise the other handler
       // decides how the process ends and our 'exit' hook has nothing left to do.
@@ -96,7 +96,7 @@ function installExitHooks(): void {
 
 /** SIGKILLs every server this process started and has not stopped. */
 export function killAllServers(): void {
-  for (const p of live) p.killNow();
+  for (const p of live) p.emergencyCleanup();
 }
 
 export interface SpawnOptions {
@@ -106,21 +106,29 @@ export interface SpawnOptions {
   env?: NodeJS.ProcessEnv;
   /** A string found in the server's command line (its private config path). */
   marker: string;
+  /** Removed by emergencyCleanup (not by terminate, so stop() can still read the logs). */
+  root?: string;
+  keepRoot?: boolean;
 }
 
 const MAX_CAPTURE = 1 << 20;
 
 /**
- * A server started through `sh -c '<watchdog> & exec server'` in a new session: the
- * server keeps the shell's pid, leads its own process group (so one kill reaches its
- * workers, cgid daemon and CGI scripts, and prefork's killpg(getpgrp()) never reaches
- * the test runner), and the watchdog in that group SIGKILLs it if this Node process
- * dies without running any exit hook (e.g. a worker killed with SIGKILL).
+ * A server spawned in a new session, so it leads its own process group: one kill reaches
+ * its workers, cgid daemon and CGI scripts, and prefork's killpg(getpgrp()) on shutdown
+ * never reaches the test runner. A separate watchdog shell blocks reading a pipe from
+ * this process; when this process dies in any way (even SIGKILL, where no exit hook
+ * runs) the pipe closes and the watchdog SIGKILLs the group and removes the root. The
+ * watchdog is our child, outside the server's group, so the server's own group signals
+ * and our leftover scan never involve it, and stop() can reap it instead of orphaning it
+ * (PID 1 here reaps orphans only lazily; they linger as zombies meanwhile).
  */
 export class ManagedProcess {
   readonly child: ChildProcess;
   readonly pid: number;
   readonly marker: string;
+  private readonly root: string | undefined;
+  private readonly watchdog: ChildProcess;
   private out: Buffer[] = [];
   private err: Buffer[] = [];
   private captured = 0;
@@ -131,12 +139,7 @@ export class ManagedProcess {
 
   constructor(opts: SpawnOptions) {
     installExitHooks();
-    const watchdog =
-      'node=$1; shift; ' +
-      // prefork signals its whole process group on restart and graceful restart.
-      '( trap "" HUP USR1 USR2 WINCH; while kill -0 "$node" 2>/dev/null; do sleep 0.5; done; kill -KILL -$$ ) ' +
-      '</dev/null >/dev/null 2>&1 & exec "$@"';
-    this.child = spawn('/bin/sh', ['-c', watchdog, 'sh', String(process.pid), opts.command, ...opts.args], {
+    this.child = spawn(opts.command, opts.args, {
       cwd: opts.cwd,
       env: opts.env ?? process.env,
       detached: true,
@@ -145,6 +148,16 @@ export class ManagedProcess {
     if (this.child.pid === undefined) throw new Error(`could not spawn ${opts.command}`);
     this.pid = this.child.pid;
     this.marker = opts.marker;
+    this.root = opts.keepRoot ? undefined : opts.root;
+    // dash's kill takes no "--"; `-PID` alone names the group.
+    const script = this.root ? 'read _; kill -KILL -"$1"; sleep 0.2; rm -rf "$2"' : 'read _; kill -KILL -"$1"';
+    this.watchdog = spawn('/bin/sh', ['-c', script, 'watchdog', String(this.pid), this.root ?? ''], {
+      // Its own session too, so a terminal's ^C does not kill it before it can act.
+      detached: true,
+      stdio: ['pipe', 'ignore', 'ignore'],
+    });
+    this.watchdog.on('error', () => {});
+    this.watchdog.stdin!.on('error', () => {});
     const keep = (into: Buffer[]) => (b: Buffer) => {
       if (this.captured < MAX_CAPTURE) {
         into.push(b);
@@ -166,9 +179,9 @@ export class ManagedProcess {
       });
     });
     // A forgotten server must not keep the test process alive; the exit hook kills it.
-    this.child.unref();
-    (this.child.stdout as unknown as { unref?: () => void }).unref?.();
-    (this.child.stderr as unknown as { unref?: () => void }).unref?.();
+    for (const h of [this.child, this.child.stdout, this.child.stderr, this.watchdog, this.watchdog.stdin]) {
+      (h as unknown as { unref?: () => void } | null)?.unref?.();
+    }
     live.add(this);
   }
 
@@ -184,31 +197,33 @@ export class ManagedProcess {
     if (!this.exitedFlag) signalQuietly(this.pid, sig);
   }
 
-  /** Every live process that belongs to this server (including the watchdog). */
+  /** Every live process that belongs to this server. */
   processes(): number[] {
     return findProcesses(this.pid, this.marker);
+  }
+
+  /** Synchronous, for exit hooks: SIGKILL everything and remove the private root. */
+  emergencyCleanup(): void {
+    this.killNow();
+    if (this.root) fs.rmSync(this.root, { recursive: true, force: true });
   }
 
   killNow(): void {
     signalQuietly(-this.pid, 'SIGKILL');
     for (const pid of findProcesses(this.pid, this.marker)) signalQuietly(pid, 'SIGKILL');
+    if (this.watchdog.pid !== undefined) signalQuietly(this.watchdog.pid, 'SIGKILL');
     live.delete(this);
   }
 
   /**
    * Sends `sig`, waits up to `timeoutMs` for the server to exit, then SIGKILLs whatever
-   * is left and waits for it to be gone. Returns the pids that had to be killed
-   * (excluding the harness's own watchdog), for diagnostics.
+   * is left and waits for it to be gone. Returns the pids that had to be killed, for
+   * diagnostics.
    */
   async terminate(sig: NodeJS.Signals, timeoutMs: number, extraPids: number[] = []): Promise<number[]> {
     this.signal(sig);
     await Promise.race([this.exited, delay(timeoutMs)]);
-    const watchdogs = new Set(
-      this.processes().filter((p) => p !== this.pid && /^(sh|sleep)$/.test(commOf(p))),
-    );
-    const leftovers = [...new Set([...this.processes(), ...extraPids])].filter(
-      (p) => pidAlive(p) && !watchdogs.has(p),
-    );
+    const leftovers = [...new Set([...this.processes(), ...extraPids])].filter(pidAlive);
     this.killNow();
     for (const pid of extraPids) signalQuietly(pid, 'SIGKILL');
     const deadline = Date.now() + 5000;
@@ -224,14 +239,6 @@ export class ManagedProcess {
   }
 }
 
-function commOf(pid: number): string {
-  try {
-    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-  } catch {
-    return '';
-  }
-}
-
 /** A fresh private directory under the OS temp dir that unprivileged server workers can traverse. */
 export function makeServerRoot(prefix: string): string {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
@@ -239,6 +246,14 @@ export function makeServerRoot(prefix: string): string {
   // and document root below it.
   fs.chmodSync(root, 0o755);
   return root;
+}
+
+export interface StopResult {
+  /**
+   * Processes still alive when the stop signal's grace period ended (or orphans left by
+   * a server that did exit), which the harness then SIGKILLed. Empty after a clean stop.
+   */
+  killed: number[];
 }
 
 export type FileSpec = string | Buffer | { content: string | Buffer; mode?: number };

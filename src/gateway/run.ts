@@ -403,8 +403,9 @@ class RequestRun {
       try {
         const r: unknown = body.close();
         if (isThenable(r)) {
-          if (normal) await r;
-          else r.then(undefined, (e) => this.logCleanup('close()', e));
+          r.then(undefined, (e) => this.logCleanup('close()', e));
+          // Bounded by the client: a close() that never settles cannot hold the request.
+          if (normal) await this.untilAborted(r).catch(() => undefined);
         }
       } catch (e) {
         this.logCleanup('close()', e);
@@ -415,7 +416,10 @@ class RequestRun {
   private closeLate(body: unknown): void {
     try {
       const c = (body as { close?: unknown } | null)?.close;
-      if (typeof c === 'function') c.call(body);
+      if (typeof c === 'function') {
+        const r: unknown = c.call(body);
+        if (isThenable(r)) r.then(undefined, (e) => this.logCleanup('close()', e));
+      }
     } catch (e) {
       this.logCleanup('close()', e);
     }

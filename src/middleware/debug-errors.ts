@@ -76,11 +76,11 @@ function errorResponse(environ: Environ, startResponse: StartResponse, error: un
  */
 function guardBody(body: Body, fail: (error: unknown) => Chunk[]): Body {
   if (body === null || body === undefined || typeof body !== 'object' || Array.isArray(body)) return body;
-  const inner = body as Body & { close?: () => unknown };
+  const inner = body as Body & { close?: () => unknown; filePath?: unknown; fd?: unknown };
   const close = () => (typeof inner.close === 'function' ? inner.close() : undefined);
   if (typeof (inner as Partial<AsyncIterable<Chunk>>)[Symbol.asyncIterator] === 'function') {
     const source = inner as AsyncIterable<Chunk>;
-    return {
+    const guarded = {
       async *[Symbol.asyncIterator]() {
         try {
           for await (const chunk of source) yield chunk;
@@ -89,7 +89,16 @@ function guardBody(body: Body, fail: (error: unknown) => Chunk[]): Body {
         }
       },
       close,
-    } as AsyncIterable<Chunk>;
+    };
+    if ('filePath' in inner || 'fd' in inner) {
+      // Still a file body to the server, which may send it natively (spec §9); the
+      // guard only matters when the server iterates it.
+      Object.defineProperties(guarded, {
+        filePath: { get: () => inner.filePath, enumerable: true },
+        fd: { get: () => inner.fd, enumerable: true },
+      });
+    }
+    return guarded as AsyncIterable<Chunk>;
   }
   if (typeof (inner as Partial<Iterable<Chunk>>)[Symbol.iterator] === 'function') {
     const source = inner as Iterable<Chunk>;

@@ -70,6 +70,8 @@ class GzipResponse {
   private encoder: GzipEncoder | null = null;
   private outerWrite: Write | null = null;
   private ended = false;
+  /** Uncompressed bytes of the current response, checked against its declared length. */
+  private rawBytes = 0;
   private readonly accepts: boolean;
   private readonly headRequest: boolean;
 
@@ -101,10 +103,12 @@ class GzipResponse {
   };
 
   private readonly write: Write = (chunk) => {
+    // Raw bytes after the gzip trailer would corrupt the stream.
+    if (this.ended) throw new SpecViolation('write() called after the body ended');
     if (!this.committed) this.commit(this.declaredLength);
     const outer = this.outerWrite as Write;
-    if (!this.encoder || this.ended || !isChunk(chunk)) return outer(chunk);
-    const out = this.encoder.push(toBytes(chunk));
+    if (!this.encoder || !isChunk(chunk)) return outer(chunk);
+    const out = this.compress(toBytes(chunk));
     if (out.byteLength > 0) outer(out);
   };
 
@@ -112,6 +116,12 @@ class GzipResponse {
   wrap(body: unknown): unknown {
     if (body === null || typeof body !== 'object') return body;
     if (Array.isArray(body) && !this.headRequest && this.status !== null && body.every(isChunk)) return this.wrapArray(body as Chunk[]);
+    if (isFileBody(body) && this.status !== null) {
+      // Nothing inside a file body can restart the response, so the plan is final and
+      // an uncompressed file can go back to the server as it is, for sendfile(2).
+      if (!this.committed) this.commit(this.declaredLength);
+      if (!this.encoder) return body;
+    }
     const close = () => {
       const c = (body as { close?: unknown }).close;
       return typeof c === 'function' ? c.call(body) : undefined;
@@ -121,10 +131,7 @@ class GzipResponse {
       const source = body as AsyncIterable<unknown>;
       return {
         async *[Symbol.asyncIterator]() {
-          for await (const value of source) {
-            const out = response.transform(value);
-            if (out !== null) yield out;
-          }
+          for await (const value of source) yield response.transform(value);
           const tail = response.end();
           if (tail !== null) yield tail;
         },
@@ -135,10 +142,7 @@ class GzipResponse {
       const source = body as Iterable<unknown>;
       return {
         *[Symbol.iterator]() {
-          for (const value of source) {
-            const out = response.transform(value);
-            if (out !== null) yield out;
-          }
+          for (const value of source) yield response.transform(value);
           const tail = response.end();
           if (tail !== null) yield tail;
         },
@@ -156,32 +160,59 @@ class GzipResponse {
       this.commit(this.declaredLength ?? total);
     }
     if (!this.encoder) return body;
-    const encoder = this.encoder;
-    const compressed = Buffer.concat([encoder.push(Buffer.concat(body.map(toBytes))), encoder.finish()]);
-    this.ended = true;
+    const compressed = Buffer.concat([this.compress(Buffer.concat(body.map(toBytes))), this.finish()]);
     const out: Chunk[] = [compressed];
     const close = (body as { close?: unknown }).close;
     return typeof close === 'function' ? Object.assign(out, { close: () => close.call(body) }) : out;
   }
 
-  /** What to pass on for one body value: compressed bytes, the value itself, or nothing. */
+  /**
+   * What to pass on for one body value: compressed bytes or the value itself — at least
+   * an empty chunk, since a middleware yields once per inner chunk (spec §11.1).
+   */
   private transform(value: unknown): unknown {
     // Not a chunk, or a chunk before startResponse: passed on for the server to report.
     if (!isChunk(value) || this.status === null) return value;
     const bytes = toBytes(value);
-    if (bytes.byteLength === 0) return null;
+    if (bytes.byteLength === 0) return bytes;
     if (!this.committed) this.commit(this.declaredLength);
-    if (!this.encoder) return value;
-    const out = this.encoder.push(bytes);
-    return out.byteLength > 0 ? out : null;
+    return this.encoder ? this.compress(bytes) : value;
   }
 
   private end(): Uint8Array | null {
     if (this.status === null) return null;
     // Nothing came through, so the length is 0 — except for HEAD, whose body is dropped anyway.
     if (!this.committed) this.commit(this.declaredLength ?? (this.headRequest ? null : 0));
+    if (!this.encoder) {
+      this.ended = true;
+      return null;
+    }
+    return this.finish();
+  }
+
+  /**
+   * Compressing drops the declared Content-Length, and with it the server's check that
+   * the body has that length; it is done here instead, so a short body still ends in an
+   * aborted response rather than a complete-looking gzip stream.
+   */
+  private compress(bytes: Uint8Array): Uint8Array {
+    const declared = this.declaredLength;
+    if (declared !== null && !this.headRequest && this.rawBytes + bytes.byteLength > declared) {
+      throw new SpecViolation(
+        `the application declared Content-Length: ${declared} but sent more (${this.rawBytes + bytes.byteLength} bytes so far)`,
+      );
+    }
+    this.rawBytes += bytes.byteLength;
+    return (this.encoder as GzipEncoder).push(bytes);
+  }
+
+  private finish(): Uint8Array {
+    const declared = this.declaredLength;
+    if (declared !== null && !this.headRequest && this.rawBytes < declared) {
+      throw new SpecViolation(`the application declared Content-Length: ${declared} but sent only ${this.rawBytes} bytes`);
+    }
     this.ended = true;
-    return this.encoder ? this.encoder.finish() : null;
+    return (this.encoder as GzipEncoder).finish();
   }
 
   private commit(knownLength: number | null, excInfo?: unknown): void {
@@ -189,6 +220,7 @@ class GzipResponse {
     this.outerWrite = this.outerStart(this.status as string, plan.headers, excInfo);
     this.committed = true;
     this.ended = false;
+    this.rawBytes = 0;
     this.encoder = plan.compress ? new GzipEncoder(this.settings.level) : null;
   }
 }
@@ -327,6 +359,10 @@ function crc32(data: Uint8Array, value: number): number {
 function headerValue(headers: Header[], lowerName: string): string | null {
   for (const [n, v] of headers) if (n.toLowerCase() === lowerName) return v;
   return null;
+}
+
+function isFileBody(body: object): boolean {
+  return (body as { filePath?: unknown }).filePath !== undefined || (body as { fd?: unknown }).fd !== undefined;
 }
 
 function isChunk(v: unknown): v is Chunk {

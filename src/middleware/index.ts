@@ -14,6 +14,7 @@ export type { SessionData, SessionOptions, SessionStore } from './session';
 export { gzip, acceptsGzip, defaultCompressible } from './gzip';
 export type { GzipOptions } from './gzip';
 export { validate, ValidationError } from './validate';
+export type { ValidateOptions } from './validate';
 
 /**
  * Nests middleware, the first outermost: `compose(a, b, c)(app)` is `a(b(c(app)))`,

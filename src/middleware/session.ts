@@ -1,7 +1,7 @@
 /**
  * session: a cookie session, TSGI's twin of Paste's SessionMiddleware (seed 004).
  *
- * `environ['tsgi.session']` is a plain object the application reads and mutates; it is
+ * `environ['tsgix.session']` is a plain object the application reads and mutates; it is
  * stored as JSON, so keep to JSON values. The cookie holds only a random session id
  * (32 bytes from node:crypto, hex); the data stays on the server.
  *
@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import type { Application, Body, Chunk, Environ, Header, StartResponse } from '../tsgi';
 
 /** The environ key the session object is published under. */
-export const SESSION_KEY = 'tsgi.session';
+export const SESSION_KEY = 'tsgix.session';
 
 export type SessionData = Record<string, unknown>;
 
@@ -50,7 +50,7 @@ export interface SessionOptions {
 const ID_PATTERN = /^[0-9a-f]{64}$/;
 const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
-/** Wraps `app` so that `environ['tsgi.session']` persists across requests of one client. */
+/** Wraps `app` so that `environ['tsgix.session']` persists across requests of one client. */
 export function session(app: Application, options: SessionOptions = {}): Application {
   const cookieName = options.cookieName ?? 'tsgi_sid';
   if (!COOKIE_NAME.test(cookieName)) throw new TypeError(`session: invalid cookie name ${JSON.stringify(cookieName)}`);
@@ -107,6 +107,10 @@ export function session(app: Application, options: SessionOptions = {}): Applica
 
     let body = call(environ, wrappedStart);
     if (isThenable(body)) body = await body;
+    // Saved before the server sees the last byte: once a client has a whole response
+    // (Content-Length reached) it may send its next request, which must see this one's
+    // session. An Array body is complete now; an iterable is saved when it ends.
+    if (Array.isArray(body)) await save();
     return withClose(body as Body, save);
   };
 }
@@ -185,7 +189,10 @@ export function memoryStore(): SessionStore {
   };
 }
 
-/** Returns a body that runs `save` (and the original close) when the server closes it. */
+/**
+ * Returns a body that runs `save` when its iteration ends (before the end is reported to
+ * the server) and again, as a no-op or as the only save on error paths, on close().
+ */
 function withClose(body: Body, save: () => Promise<void>): Body {
   if (body === null || typeof body !== 'object') return body;
   const inner = body as Body & { close?: () => unknown };
@@ -202,10 +209,33 @@ function withClose(body: Body, save: () => Promise<void>): Body {
     return Object.assign(body.slice() as Chunk[], { close });
   }
   const wrapper: Record<PropertyKey, unknown> = { close };
-  if (typeof (inner as Partial<AsyncIterable<Chunk>>)[Symbol.asyncIterator] === 'function') {
-    wrapper[Symbol.asyncIterator] = () => (inner as AsyncIterable<Chunk>)[Symbol.asyncIterator]();
-  } else if (typeof (inner as Partial<Iterable<Chunk>>)[Symbol.iterator] === 'function') {
-    wrapper[Symbol.iterator] = () => (inner as Iterable<Chunk>)[Symbol.iterator]();
+  // A file body stays recognisable, so the server can still send it natively (spec §9).
+  if ('filePath' in inner || 'fd' in inner) {
+    const file = inner as { filePath?: unknown; fd?: unknown };
+    Object.defineProperties(wrapper, {
+      filePath: { get: () => file.filePath, enumerable: true },
+      fd: { get: () => file.fd, enumerable: true },
+    });
+  }
+  const isAsync = typeof (inner as Partial<AsyncIterable<Chunk>>)[Symbol.asyncIterator] === 'function';
+  if (isAsync || typeof (inner as Partial<Iterable<Chunk>>)[Symbol.iterator] === 'function') {
+    // Always async: the save at the end of a sync body has to be awaited too.
+    wrapper[Symbol.asyncIterator] = (): AsyncIterator<Chunk> => {
+      const it: Iterator<Chunk> | AsyncIterator<Chunk> = isAsync
+        ? (inner as AsyncIterable<Chunk>)[Symbol.asyncIterator]()
+        : (inner as Iterable<Chunk>)[Symbol.iterator]();
+      return {
+        async next() {
+          const r = await it.next();
+          if (r.done) await save();
+          return r;
+        },
+        async return(value?: unknown) {
+          if (typeof it.return === 'function') await it.return(value as Chunk);
+          return { done: true, value: undefined };
+        },
+      };
+    };
   } else {
     // Not a body: let the server report it as it is.
     return body;

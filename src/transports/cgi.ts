@@ -85,6 +85,10 @@ export function cgiEnviron(env: NodeJS.ProcessEnv, location: CgiLocation): Recor
   }
   // httpoxy: a client-sent "Proxy:" header must never become an HTTP_PROXY setting.
   delete environ.HTTP_PROXY;
+  // lighttpd also passes the body headers as HTTP_CONTENT_*; TSGI has them only as
+  // CONTENT_TYPE / CONTENT_LENGTH (spec §4).
+  delete environ.HTTP_CONTENT_LENGTH;
+  delete environ.HTTP_CONTENT_TYPE;
   return environ;
 }
 

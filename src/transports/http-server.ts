@@ -136,7 +136,8 @@ function httpSink(res: ServerResponse): ResponseSink {
     abort(error) {
       // Destroying the socket stops the chunked stream (or the Content-Length body) short,
       // so the client sees an incomplete response rather than a complete one.
-      res.destroy(error);
+      void error;
+      res.destroy();
     },
   };
 }

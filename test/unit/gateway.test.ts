@@ -385,7 +385,7 @@ describe('bodyless responses (§6)', () => {
 });
 
 describe('close() and return() are always called (§6)', () => {
-  const closable = (chunks: unknown[], onClose: () => void) => Object.assign(chunks, { close: onClose });
+  const closable = (chunks: string[], onClose: () => void) => Object.assign(chunks, { close: onClose });
 
   it('close() on success, before the response ends', async () => {
     let endedAtClose: boolean | null = null;

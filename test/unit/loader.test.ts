@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { ScriptLoader, LoadError } from '../../src/loader';
 import { runApp } from '../helpers/memory-sink';
+import { runRequest } from '../../src/gateway/run';
 
 let dir: string;
 let cacheDir: string;
@@ -222,7 +223,6 @@ describe('errors name the file and the problem', () => {
 
   it('a broken script makes each request a 500 with the load error logged', async () => {
     const p = write('broken.tsgi', `export const application = (;\n`);
-    const { runRequest } = await import('../../src/gateway/run');
     const logs: string[] = [];
     let status = 0;
     await runRequest(

@@ -1,52 +1,60 @@
 /**
- * validate: a middleware that checks both sides of the TSGI contract, TSGI's port of
- * Python's wsgiref.validate and Ruby's Rack::Lint (reference: peers.md C1–C3).
+ * validate: a middleware that checks both sides of the TSGI contract (docs/spec.md
+ * §11.2), TSGI's port of Python's wsgiref.validate and Ruby's Rack::Lint (peers.md C2, C3).
  *
- *     const app = validate(myApp);               // in tests, or `--lint` dev mode
+ *     const app = validate(myApp);               // in tests, or a `--lint` dev mode
  *
  * Why a middleware when the gateway core already enforces the spec? The gateway is
- * forgiving where forgiveness is safe (it quietly skips empty chunks, computes lengths,
- * tolerates an app that writes odd but harmless things) and it only ever sees the
- * application through one particular server. validate sits on the seam itself, so it
- * catches what the gateway cannot or need not: a server that builds a bad environ, an
- * input stream that reports end-of-body early, a body that is never closed, an app whose
- * code only works because this gateway is lenient. Every check names the rule and the
- * offending value, and says which side broke it ("[server]" or "[application]"), since
- * the point of a validator is to tell you whose bug it is.
+ * forgiving where forgiveness is safe (it skips empty chunks, computes lengths, takes
+ * any thrown value as excInfo) and it only sees the application through one server.
+ * validate sits on the seam itself, so it also catches what the gateway cannot or need
+ * not: a server that builds a bad environ, an input stream that reports end-of-body
+ * early, a body that is closed twice or never, an app whose code only works because this
+ * gateway is lenient. Every check names the rule and the offending value, and says which
+ * side broke it, "[server]" or "[application]": the point of a validator is to tell you
+ * whose bug it is.
  *
- * How violations surface: a broken rule throws a ValidationError at the moment the
- * offending call is made — out of the app call (so the gateway answers 500), out of
+ * How violations surface: a MUST-level rule throws a ValidationError (a SpecViolation)
+ * where it is broken — out of the app call (so the gateway answers 500), out of
  * startResponse()/write()/tsgi.input into the app (which normally lets it propagate),
- * or out of the body iterator (500 before the headers went out, an aborted response
- * after). An app that catches and swallows such an error does not get away with it:
- * the first violation is remembered and re-thrown at the next body step. Things that
- * are legal but suspicious (an unusual method, body bytes for HEAD, a body nobody
- * closed) are warnings: they go to `options.warn`, else to the server's tsgi.errors.
+ * or out of the body iterator (500 before the head went out, an aborted response after).
+ * An app that catches and swallows one does not get away with it: the first violation
+ * is remembered and re-thrown at the app's next step. Server-side cleanup mistakes
+ * (close() twice, a misplaced return()) throw back at the server, which logs them.
+ * SHOULD-level rules and suspicious-but-legal behaviour (an unusual method, a missing
+ * Content-Type, body bytes for HEAD, a body nobody closed) are warnings: one
+ * `tsgi.validate: warning: …` line to `options.warn`, else to the server's tsgi.errors.
  *
  * Transparency matters as much as strictness: a linter that changes the response hides
  * bugs instead of finding them. So chunks pass through as the same objects, one for one,
- * as they arrive (no buffering, PEP 3333's streaming rule); a sync body stays sync and an
- * async one async; an Array body stays an Array so the server still computes its
- * Content-Length; a file body keeps its filePath/fd so a server can still sendfile it;
- * and close() and the iterator's return() are forwarded, so the app's cleanup runs when
- * the server asks for it and not before.
+ * as they arrive (no buffering: §6.6, §11.1 rule 3); a sync body stays sync and an async
+ * one async; an Array body stays an Array so the server still computes its
+ * Content-Length, and a file body keeps its filePath/fd so a server can still send it
+ * natively (§11.1 rule 7); close() and the iterator's return() are forwarded, so the
+ * app's cleanup runs when the server asks for it and not before.
  *
- * Where the two ancestors disagree with TSGI, TSGI wins: PATH_INFO is %-decoded here, so
+ * Where the ancestors disagree with TSGI, TSGI wins: PATH_INFO is %-decoded here, so
  * Rack's "no '#' in PATH_INFO" is checked on the raw REQUEST_URI instead; header names
  * may be any RFC 9110 token (validate.py's stricter regex is a CGI-ism), keeping only its
- * "no trailing '-' or '_'" rule; tsgi.input.read(negative) is allowed by the spec, so it
- * only warns. Status and header syntax come from the gateway's own parseStatus() and
- * checkHeaders(), so the validator and the gateway can never disagree about them.
+ * "no trailing '-' or '_'" rule; Content-Type is a SHOULD (§5.2), so its absence warns;
+ * tsgi.input.read(negative) and a non-Error excInfo are legal, so they only warn. Status
+ * and header syntax come from the gateway's own parseStatus() and checkHeaders(), so the
+ * validator and the gateway can never disagree about them.
  */
 import { statSync } from 'node:fs';
+import { SpecViolation } from '../gateway/errors';
 import { checkHeaders, describe, hasHeader, parseStatus, statusForbidsBody } from '../gateway/headers';
 import type { Application, ApplicationClass, Chunk, Environ, Header, InputStream, StartResponse, Write } from '../tsgi';
 
 /** Which side of the interface broke the rule. */
 export type ViolationSide = 'server' | 'application';
 
-/** A broken TSGI rule. The message starts with `[server]` or `[application]`. */
-export class ValidationError extends Error {
+/**
+ * A broken TSGI rule. The message starts with `[server]` or `[application]`. It is a
+ * SpecViolation (`name` 'TsgiSpecViolation', docs/spec.md §11.2), so code that handles
+ * the gateway's own violations handles these too.
+ */
+export class ValidationError extends SpecViolation {
   constructor(
     readonly side: ViolationSide,
     detail: string,
@@ -55,8 +63,6 @@ export class ValidationError extends Error {
     super(`[${side}] ${detail}`, options);
   }
 }
-// On the prototype rather than as a field, so it is already in place when the stack is captured.
-ValidationError.prototype.name = 'TsgiValidationError';
 
 export interface ValidateOptions {
   /** Receives warnings (legal but suspicious behaviour). Default: environ['tsgi.errors']. */
@@ -97,6 +103,19 @@ const DIGITS = /^[0-9]+$/;
 const HOST = /^(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$/;
 const AUTHORITY = /^(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?$/;
 const ABSOLUTE_FORM = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//;
+
+/** §4.4: the only tsgi.* keys; servers must not invent more. */
+const TSGI_KEYS = new Set([
+  'tsgi.version',
+  'tsgi.url_scheme',
+  'tsgi.input',
+  'tsgi.errors',
+  'tsgi.multithread',
+  'tsgi.multiprocess',
+  'tsgi.run_once',
+  'tsgi.signal',
+  'tsgi.file_wrapper',
+]);
 
 const isClass = new WeakMap<Function, boolean>();
 
@@ -171,7 +190,7 @@ function checkEnviron(env: unknown, warn: (msg: string) => void): asserts env is
   };
   if (typeof env !== 'object' || env === null || Array.isArray(env)) bad(`environ must be a plain object, got ${describe(env)}`);
   const proto: unknown = Object.getPrototypeOf(env);
-  if (proto !== Object.prototype && proto !== null) bad(`environ must be a plain object (prototype Object.prototype or null), got ${describe(env)}`);
+  if (proto !== Object.prototype) bad(`environ must be a plain object (prototype Object.prototype), got ${describe(env)}`);
   // Rack: env must not be frozen. Middleware stores its results in the environ.
   if (!Object.isExtensible(env)) bad('environ must be extensible (not frozen, sealed or preventExtensions()ed): middleware adds keys to it');
   const e = env as Record<string, unknown>;
@@ -183,6 +202,15 @@ function checkEnviron(env: unknown, warn: (msg: string) => void): asserts env is
   }
   for (const k of ['HTTP_CONTENT_TYPE', 'HTTP_CONTENT_LENGTH']) {
     if (Object.hasOwn(e, k)) bad(`environ must not contain ${k}; the request's ${k.slice(5)} goes in ${k.slice(5)}`);
+  }
+  // httpoxy: a client's "Proxy:" header must never look like the HTTP_PROXY setting.
+  if (Object.hasOwn(e, 'HTTP_PROXY')) bad('environ must not contain HTTP_PROXY (the Proxy request header is dropped: httpoxy)');
+  for (const k of Object.keys(e)) {
+    const dot = k.indexOf('.');
+    if (dot < 0) continue;
+    // Namespaces keep servers, frameworks and middleware from trampling each other's keys.
+    if (!/^[a-z0-9_]+$/.test(k.slice(0, dot))) bad(`environ key ${JSON.stringify(k)}: an extension key's namespace (before the first '.') must be lower-case letters, digits and '_'`);
+    if (k.startsWith('tsgi.') && !TSGI_KEYS.has(k)) bad(`environ key ${JSON.stringify(k)} is not defined by TSGI 1.0; tsgi.* is reserved for the specification`);
   }
   for (const k of Object.keys(e)) {
     if (k.startsWith('HTTP_') && /[\r\n\0]/.test(e[k] as string)) bad(`environ ${k} contains CR, LF or NUL: ${JSON.stringify(e[k])}`);
@@ -208,8 +236,8 @@ function checkEnviron(env: unknown, warn: (msg: string) => void): asserts env is
   if (!HOST.test(s.SERVER_NAME)) bad(`SERVER_NAME must be a host name or address, got ${JSON.stringify(s.SERVER_NAME)}`);
   if (!DIGITS.test(s.SERVER_PORT)) bad(`SERVER_PORT must be digits, got ${JSON.stringify(s.SERVER_PORT)}`);
   if (!/^HTTP\/\d(\.\d)?$/.test(s.SERVER_PROTOCOL)) bad(`SERVER_PROTOCOL must match HTTP/<digit>[.<digit>], got ${JSON.stringify(s.SERVER_PROTOCOL)}`);
-  if (Object.hasOwn(e, 'CONTENT_LENGTH') && s.CONTENT_LENGTH !== '' && !DIGITS.test(s.CONTENT_LENGTH)) {
-    bad(`CONTENT_LENGTH must be '' or digits, got ${JSON.stringify(s.CONTENT_LENGTH)}`);
+  if (Object.hasOwn(e, 'CONTENT_LENGTH') && s.CONTENT_LENGTH !== '' && !/^[0-9]{1,15}$/.test(s.CONTENT_LENGTH)) {
+    bad(`CONTENT_LENGTH must be absent, '' or 1-15 digits, got ${JSON.stringify(s.CONTENT_LENGTH)}`);
   }
   // RFC 9112 §3.2: a server answers an invalid Host with 400; it must not reach the app.
   if (Object.hasOwn(e, 'HTTP_HOST') && !AUTHORITY.test(s.HTTP_HOST)) bad(`HTTP_HOST must be host[:port], got ${JSON.stringify(s.HTTP_HOST)}`);
@@ -218,6 +246,8 @@ function checkEnviron(env: unknown, warn: (msg: string) => void): asserts env is
   if (!Array.isArray(version) || version.length !== 2 || version[0] !== 1 || version[1] !== 0) {
     bad(`tsgi.version must be [1, 0], got ${Array.isArray(version) ? JSON.stringify(version) : describe(version)}`);
   }
+  // One array serves every request; an app that could change it would change it for all.
+  if (!Object.isFrozen(version)) bad('tsgi.version must be a frozen array');
   const scheme = e['tsgi.url_scheme'];
   if (scheme !== 'http' && scheme !== 'https') bad(`tsgi.url_scheme must be 'http' or 'https', got ${describe(scheme)}`);
   const input = e['tsgi.input'] as Record<PropertyKey, unknown> | null;
@@ -318,7 +348,8 @@ class Monitor {
     this.watch = { closed: false, reported: false, warn, where: `${environ.REQUEST_METHOD} ${environ.REQUEST_URI}` };
   }
 
-  private get closed(): boolean {
+  /** The server has closed the body: the response is over. */
+  get closed(): boolean {
     return this.watch.closed;
   }
 
@@ -350,9 +381,8 @@ class Monitor {
     const [status, headers, excInfo] = args;
     if (this.closed || this.ended) throw this.fail('application', 'startResponse() called after the response body ended or was closed');
     const hasExc = excInfo !== undefined && excInfo !== null;
-    if (hasExc && !(excInfo instanceof Error)) {
-      throw this.fail('application', `startResponse() excInfo must be the Error being handled, got ${describe(excInfo)}`);
-    }
+    // JavaScript can throw anything, so a non-Error may be exactly what was caught (§5.4).
+    if (hasExc && !(excInfo instanceof Error)) this.warn(`startResponse() excInfo should be the error being handled, got ${describe(excInfo)}`);
     if (!hasExc && this.started) {
       throw this.fail('application', 'startResponse() called a second time without excInfo (only an error handler may replace the status, passing the error as excInfo)');
     }
@@ -376,11 +406,15 @@ class Monitor {
       if (/[-_]$/.test(name)) throw this.fail('application', `header name ${JSON.stringify(name)} must not end in '-' or '_'`);
     }
     const hasType = hasHeader(list, 'content-type');
+    const hasLength = hasHeader(list, 'content-length');
     if (code === 204 || code === 304) {
       if (hasType) throw this.fail('application', `a ${code} response must not have a Content-Type header (it has no body)`);
-      if (hasHeader(list, 'content-length')) throw this.fail('application', `a ${code} response must not have a Content-Length header (it has no body)`);
+      // RFC 9110 §8.6: MUST NOT for 204; a 304 may repeat the 200's length, which we cannot verify.
+      if (hasLength && code === 204) throw this.fail('application', 'a 204 response must not have a Content-Length header (it has no body)');
+      if (hasLength) this.warn(`a 304 response with Content-Length: it must equal the length of the 200 response, and is usually left out`);
     } else if (!hasType) {
-      throw this.fail('application', `a Content-Type header is required (status ${code}; only 204 and 304 go without)`);
+      // §5.2 says SHOULD (validate.py insists): clients guess, and guess wrong, without one.
+      this.warn(`no Content-Type header (status ${code}); every response except 204 and 304 should have one`);
     }
 
     if (hasExc && this.headersSent) {
@@ -438,7 +472,10 @@ class Monitor {
   /** Called for each item the body yields. */
   chunk(value: unknown): Chunk {
     this.throwPending();
-    if (!isChunk(value)) throw this.fail('application', `a body chunk must be a Uint8Array or a string, got ${describe(value)}`);
+    if (!isChunk(value)) {
+      const hint = isThenable(value) ? ' (a Promise: a synchronous body cannot wait; make the body async to produce chunks asynchronously)' : '';
+      throw this.fail('application', `a body chunk must be a Uint8Array or a string, got ${describe(value)}${hint}`);
+    }
     this.bodyBytes += this.account(value, 'body chunk');
     return value;
   }
@@ -490,12 +527,11 @@ class Monitor {
   }
 
   close(inner: AnyBody): unknown {
-    if (!this.watch.closed) {
-      this.watch.closed = true;
-      if (this.timer) clearTimeout(this.timer);
-      this.timer = null;
-      unclosed.unregister(this.watch);
-    }
+    if (this.watch.closed) throw this.fail('server', 'close() called a second time on the response body; the server must call it exactly once');
+    this.watch.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    unclosed.unregister(this.watch);
     // Returned as is: the server awaits a Promise from close() on the normal path.
     return typeof inner.close === 'function' ? (inner.close as () => unknown).call(inner) : undefined;
   }
@@ -604,37 +640,73 @@ abstract class BodyWrapper {
   }
 }
 
+/**
+ * What the server has done with one body iterator, for §6.9: return() at most once,
+ * never after done, and only after at least one next() (so a generator has started and
+ * its finally blocks will run).
+ */
+class IteratorSteps {
+  private nextCalls = 0;
+  private innerFinished = false;
+  private reportedDone = false;
+  private returned = false;
+
+  constructor(private readonly m: Monitor) {}
+
+  /** Before each next(): the gateway-facing checks that do not depend on the result. */
+  next(): void {
+    this.nextCalls++;
+    this.m.beforeNext();
+  }
+
+  /** The app's iterator said done; returns what the server gets, if the end-of-body rules pass. */
+  done(): IteratorReturnResult<undefined> {
+    this.innerFinished = true;
+    this.m.finish();
+    this.reportedDone = true;
+    return { done: true, value: undefined };
+  }
+
+  /** Called on return(); says whether to forward it to the app's iterator. */
+  beginReturn(): boolean {
+    if (this.returned) throw this.m.fail('server', 'return() called a second time on the body iterator; the server calls it at most once');
+    this.returned = true;
+    if (this.reportedDone) throw this.m.fail('server', 'return() called on the body iterator after it reported done');
+    this.m.stopped();
+    // After the app's next() threw it is still forwarded: iterators must tolerate that (§6.9).
+    return !this.innerFinished;
+  }
+
+  endReturn(): IteratorReturnResult<undefined> {
+    if (this.nextCalls === 0) {
+      throw this.m.fail('server', "return() called on the body iterator before any next(): a generator body's finally blocks never run");
+    }
+    return { done: true, value: undefined };
+  }
+}
+
 class SyncBodyWrapper extends BodyWrapper implements Iterable<Chunk> {
   [Symbol.iterator](): Iterator<Chunk> {
     const m = this.m;
     const it = this.getIterator<Iterator<unknown>>(Symbol.iterator);
-    let finished = false;
+    const steps = new IteratorSteps(m);
     return {
       next: (): IteratorResult<Chunk> => {
-        m.beforeNext();
+        steps.next();
         let r: unknown;
         try {
           r = it.next();
         } catch (e) {
-          finished = true;
           m.stopped();
           throw e;
         }
         if (!isIteratorResult(r)) throw m.fail('application', `the body iterator's next() must return {done, value}, got ${describe(r)}`);
-        if (r.done) {
-          finished = true;
-          m.finish();
-          return { done: true, value: undefined };
-        }
+        if (r.done) return steps.done();
         return { done: false, value: m.chunk(r.value) };
       },
       return: (): IteratorResult<Chunk> => {
-        if (!finished) {
-          finished = true;
-          m.stopped();
-          if (typeof it.return === 'function') it.return();
-        }
-        return { done: true, value: undefined };
+        if (steps.beginReturn() && typeof it.return === 'function') it.return();
+        return steps.endReturn();
       },
     };
   }
@@ -644,35 +716,26 @@ class AsyncBodyWrapper extends BodyWrapper implements AsyncIterable<Chunk> {
   [Symbol.asyncIterator](): AsyncIterator<Chunk> {
     const m = this.m;
     const it = this.getIterator<AsyncIterator<unknown>>(Symbol.asyncIterator);
-    let finished = false;
+    const steps = new IteratorSteps(m);
     return {
       next: async (): Promise<IteratorResult<Chunk>> => {
-        m.beforeNext();
+        steps.next();
         let r: unknown;
         try {
           r = await it.next();
         } catch (e) {
-          finished = true;
           m.stopped();
           throw e;
         }
         if (!isIteratorResult(r)) throw m.fail('application', `the body iterator's next() must resolve to {done, value}, got ${describe(r)}`);
-        if (r.done) {
-          finished = true;
-          m.finish();
-          return { done: true, value: undefined };
-        }
+        if (r.done) return steps.done();
         return { done: false, value: m.chunk(r.value) };
       },
       // Not an async generator: its return() would queue behind a pending next(), and the
       // server calls return() precisely when a next() may never settle (client gone).
       return: async (): Promise<IteratorResult<Chunk>> => {
-        if (!finished) {
-          finished = true;
-          m.stopped();
-          if (typeof it.return === 'function') await it.return();
-        }
-        return { done: true, value: undefined };
+        if (steps.beginReturn() && typeof it.return === 'function') await it.return();
+        return steps.endReturn();
       },
     };
   }
@@ -689,6 +752,7 @@ class AsyncBodyWrapper extends BodyWrapper implements AsyncIterable<Chunk> {
 class CheckedInput {
   private busy = false;
   private delivered = 0;
+  private eof = false;
 
   constructor(
     private readonly inner: InputStream,
@@ -702,9 +766,11 @@ class CheckedInput {
     const size = args[0];
     if (size !== undefined) {
       if (typeof size !== 'number' || !Number.isInteger(size)) {
-        throw m.fail('application', `tsgi.input.read(size): size must be undefined or a non-negative integer, got ${describe(size)}`);
+        throw m.fail('application', `tsgi.input.read(size): size must be an integer or left out, got ${describe(size)}`);
       }
+      // Both are legal (§7.1), and both are usually a mistake.
       if (size < 0) m.warn(`tsgi.input.read(${size}): a negative size reads the whole body; say read() instead`);
+      if (size === 0) m.warn('tsgi.input.read(0) always resolves to an empty array, which elsewhere means end-of-body');
     }
     this.enter();
     let out: unknown;
@@ -740,6 +806,8 @@ class CheckedInput {
           return r;
         }
         if (!(r.value instanceof Uint8Array)) throw this.m.fail('server', `iterating tsgi.input must yield Uint8Array chunks, got ${describe(r.value)}`);
+        // §7.2: an empty chunk would read as nothing, so iteration never yields one.
+        if (r.value.byteLength === 0) throw this.m.fail('server', 'iterating tsgi.input yielded an empty chunk');
         this.count(r.value);
         return r;
       },
@@ -754,11 +822,14 @@ class CheckedInput {
   }
 
   private enter(): void {
+    // §3.3: the request is over; whatever the app does with the body now, nobody receives its answer.
+    if (this.m.closed) throw this.m.fail('application', 'tsgi.input used after the response completed');
     if (this.busy) throw this.m.fail('application', 'tsgi.input: concurrent reads; await each read() or next() before starting another');
     this.busy = true;
   }
 
   private count(chunk: Uint8Array): void {
+    if (this.eof && chunk.byteLength > 0) throw this.m.fail('server', `tsgi.input delivered ${chunk.byteLength} bytes after reporting end-of-body`);
     this.delivered += chunk.byteLength;
     if (this.contentLength !== null && this.delivered > this.contentLength) {
       throw this.m.fail('server', `tsgi.input delivered ${this.delivered} bytes, more than CONTENT_LENGTH (${this.contentLength})`);
@@ -766,6 +837,7 @@ class CheckedInput {
   }
 
   private atEnd(): void {
+    this.eof = true;
     if (this.contentLength !== null && this.delivered !== this.contentLength) {
       throw this.m.fail(
         'server',

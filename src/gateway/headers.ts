@@ -5,8 +5,8 @@
 import { SpecViolation } from './errors';
 import type { Header } from '../tsgi';
 
-/** RFC 9110 token characters. */
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** RFC 9110 token characters (header names, methods). */
+export const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Latin-1 without control characters (HTAB allowed inside a value). */
 const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 const STATUS = /^([1-9][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)$/;

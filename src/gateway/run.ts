@@ -250,20 +250,16 @@ class RequestRun {
     const chunks: Uint8Array[] = [];
     let total = 0;
     for (const c of body) {
-      if (typeof c !== 'string' && !(c instanceof Uint8Array)) break;
+      // Every item is known up front, so a bad one is a 500 before any byte goes out.
       const b = toBytes(c, 'body chunk');
       chunks.push(b);
       total += b.byteLength;
     }
-    if (chunks.length === body.length && this.statusLine !== null && !this.headSent && this.declaredLength === null && !this.pending) {
-      if (!statusForbidsBody(this.code)) {
-        this.headers.push(['Content-Length', String(total)]);
-        this.declaredLength = total;
-      }
-      for (const b of chunks) await this.emit(b, 'body chunk');
-      return;
+    if (this.statusLine !== null && !this.headSent && this.declaredLength === null && !this.pending && !statusForbidsBody(this.code)) {
+      this.headers.push(['Content-Length', String(total)]);
+      this.declaredLength = total;
     }
-    for (const c of body) await this.emit(c, 'body chunk');
+    for (const b of chunks) await this.emit(b, 'body chunk');
   }
 
   private async emit(value: unknown, what: string): Promise<void> {

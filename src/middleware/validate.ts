@@ -2,7 +2,7 @@
  * validate: a middleware that checks both sides of the TSGI contract (docs/spec.md
  * §11.2), TSGI's port of Python's wsgiref.validate and Ruby's Rack::Lint (peers.md C2, C3).
  *
- *     const app = validate(myApp);               // in tests, or a `--lint` dev mode
+ *     const app = validate(myApp);   // in tests; `tsgi serve --validate`, TSGI_VALIDATE=1
  *
  * Why a middleware when the gateway core already enforces the spec? The gateway is
  * forgiving where forgiveness is safe (it skips empty chunks, computes lengths, takes
@@ -43,7 +43,7 @@
  */
 import { statSync } from 'node:fs';
 import { SpecViolation } from '../gateway/errors';
-import { checkHeaders, describe, hasHeader, parseStatus, statusForbidsBody } from '../gateway/headers';
+import { TOKEN, checkHeaders, describe, hasHeader, parseStatus, statusForbidsBody } from '../gateway/headers';
 import type { Application, ApplicationClass, Chunk, Environ, Header, InputStream, StartResponse, Write } from '../tsgi';
 
 /** Which side of the interface broke the rule. */
@@ -96,8 +96,6 @@ const REQUIRED_KEYS = [
 
 /** validate.py's list; anything else is legal but worth a second look. */
 const COMMON_METHODS = new Set(['GET', 'HEAD', 'POST', 'OPTIONS', 'PATCH', 'PUT', 'DELETE', 'TRACE']);
-/** RFC 9110 token (the gateway keeps its own copy private to headers.ts). */
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const DIGITS = /^[0-9]+$/;
 /** A host as it may appear in SERVER_NAME or Host: reg-name/IPv4, a bracketed IPv6 literal, or a bare IPv6 address. */
 const HOST = /^(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$/;
@@ -500,7 +498,8 @@ class Monitor {
     this.throwPending();
     if (!this.started) throw this.fail('application', 'the response body ended but the application never called startResponse()');
     this.checkNotSwallowed();
-    if (this.declared !== null && !this.head && this.bytes !== this.declared) {
+    // §6.7: bodyless responses may declare the length a GET (or the 200) would have had.
+    if (this.declared !== null && !this.head && !statusForbidsBody(this.code) && this.bytes !== this.declared) {
       throw this.fail('application', `declared Content-Length: ${this.declared} but the application produced ${this.bytes} bytes`);
     }
     this.ended = true;

@@ -18,8 +18,12 @@ export interface ServeInstance {
   child: ChildProcess;
 }
 
-export async function startServe(script: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<ServeInstance> {
-  const child = spawn(process.execPath, [TSGI_BIN, 'serve', script, '--port', '0', '--validate', ...args], {
+/**
+ * `nodeBinary` runs the server under another Node (the Node 18 of scripts/node18.sh, say);
+ * by default, the Node running the tests.
+ */
+export async function startServe(script: string, args: string[] = [], env: NodeJS.ProcessEnv = {}, nodeBinary: string = process.execPath): Promise<ServeInstance> {
+  const child = spawn(nodeBinary, [TSGI_BIN, 'serve', script, '--port', '0', '--validate', ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

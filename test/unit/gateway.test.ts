@@ -571,3 +571,12 @@ describe('tsgi.file_wrapper (§9)', () => {
     expect(() => fstatSync(fd as number)).toThrow(/EBADF/);
   });
 });
+
+describe('Array bodies are checked whole (§6)', () => {
+  it('a bad item anywhere in an Array is a 500 before any byte goes out', async () => {
+    const r = await runApp(((e: Environ, sr: Parameters<Application>[1]) => (ok(sr), ['fine', 42])) as unknown as Application);
+    expect(r.head?.code).toBe(500);
+    expect(r.chunks.map((c) => Buffer.from(c).toString()).join('')).not.toContain('fine');
+    expect(r.logs[0].message).toMatch(/got number 42/);
+  });
+});

@@ -12,6 +12,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { runApp, type FakeRequest, type Recorded } from '../helpers/memory-sink';
 import { validate, ValidationError, type ValidateOptions } from '../../src/middleware/validate';
+import { SpecViolation } from '../../src/gateway/errors';
 import { fixedApp, runRequest, type RequestOutcome, type ResponseSink } from '../../src/gateway/run';
 import type { Application, Body, Chunk, Environ, Header, StartResponse, Write } from '../../src/tsgi';
 
@@ -45,7 +46,7 @@ async function run(app: Application, req: FakeRequest = {}, opts: ValidateOption
 
 function expectRule(r: Recorded, rule: string | RegExp): void {
   const text = logText(r);
-  expect(text).toContain('TsgiValidationError: ');
+  expect(text).toMatch(/TsgiSpecViolation: \[(server|application)\] /);
   if (typeof rule === 'string') expect(text).toContain(rule);
   else expect(text).toMatch(rule);
 }
@@ -118,7 +119,7 @@ describe('the server side: the environ', () => {
   it('environ must be a plain object', async () => {
     const v = validate(hello);
     const r = await runApp((e, sr) => v(Object.assign(Object.create({ inherited: true }), e) as Environ, sr));
-    expect500(r, '[server] environ must be a plain object (prototype Object.prototype or null)');
+    expect500(r, '[server] environ must be a plain object (prototype Object.prototype)');
     const r2 = await runApp((e, sr) => v([] as unknown as Environ, sr));
     expect500(r2, '[server] environ must be a plain object, got array(0)');
   });
@@ -129,11 +130,19 @@ describe('the server side: the environ', () => {
     expect500(r, '[server] environ must be extensible');
   });
 
-  it('a null-prototype environ is fine', async () => {
+  it('environ has Object.prototype, not null, as its prototype', async () => {
     const v = validate(hello);
     const r = await runApp((e, sr) => v(Object.assign(Object.create(null), e) as Environ, sr));
-    expect(r.outcome.state).toBe('complete');
-    expect(r.text).toBe('hello');
+    expect500(r, '[server] environ must be a plain object (prototype Object.prototype), got object [object Object]');
+  });
+
+  it('ValidationError is a SpecViolation, named as the spec says', () => {
+    const err = new ValidationError('server', 'x');
+    expect(err).toBeInstanceOf(SpecViolation);
+    expect(err).toBeInstanceOf(Error);
+    expect(err.name).toBe('TsgiSpecViolation');
+    expect(err.side).toBe('server');
+    expect(err.message).toBe('[server] x');
   });
 
   const required = [
@@ -166,6 +175,10 @@ describe('the server side: the environ', () => {
     ['optional CGI values are strings too', (e) => (e.REMOTE_ADDR = undefined), 'environ["REMOTE_ADDR"] must be a string'],
     ['no HTTP_CONTENT_TYPE', (e) => (e.HTTP_CONTENT_TYPE = 'text/plain'), '[server] environ must not contain HTTP_CONTENT_TYPE'],
     ['no HTTP_CONTENT_LENGTH', (e) => (e.HTTP_CONTENT_LENGTH = '0'), '[server] environ must not contain HTTP_CONTENT_LENGTH'],
+    ['no HTTP_PROXY (httpoxy)', (e) => (e.HTTP_PROXY = 'http://evil:3128'), '[server] environ must not contain HTTP_PROXY'],
+    ['extension namespaces are lower-case', (e) => (e['MyExt.thing'] = 1), `[server] environ key "MyExt.thing": an extension key's namespace (before the first '.') must be lower-case letters, digits and '_'`],
+    ['extension keys have a namespace', (e) => (e['.thing'] = 1), `[server] environ key ".thing": an extension key's namespace`],
+    ['no tsgi.* keys beyond the spec', (e) => (e['tsgi.streaming'] = true), '[server] environ key "tsgi.streaming" is not defined by TSGI 1.0; tsgi.* is reserved for the specification'],
     ['no CR/LF/NUL in HTTP_ values', (e) => (e.HTTP_X_A = 'a\r\nb'), '[server] environ HTTP_X_A contains CR, LF or NUL'],
     ['REQUEST_METHOD is a token', (e) => (e.REQUEST_METHOD = 'GE T'), '[server] REQUEST_METHOD must be an HTTP token, got "GE T"'],
     ['REQUEST_METHOD is not empty', (e) => (e.REQUEST_METHOD = ''), '[server] REQUEST_METHOD must be an HTTP token, got ""'],
@@ -173,8 +186,9 @@ describe('the server side: the environ', () => {
     ['SCRIPT_NAME is never /', (e) => (e.SCRIPT_NAME = '/'), `[server] SCRIPT_NAME must not be '/'`],
     ['SCRIPT_NAME does not end with /', (e) => (e.SCRIPT_NAME = '/app/'), `[server] SCRIPT_NAME must not end with '/', got "/app/"`],
     ['PATH_INFO starts with /', (e) => (e.PATH_INFO = 'x'), `[server] PATH_INFO must be '' or start with '/', got "x"`],
-    ['CONTENT_LENGTH is digits', (e) => (e.CONTENT_LENGTH = '-1'), `[server] CONTENT_LENGTH must be '' or digits, got "-1"`],
-    ['CONTENT_LENGTH is not words', (e) => (e.CONTENT_LENGTH = 'ten'), `[server] CONTENT_LENGTH must be '' or digits, got "ten"`],
+    ['CONTENT_LENGTH is digits', (e) => (e.CONTENT_LENGTH = '-1'), `[server] CONTENT_LENGTH must be absent, '' or 1-15 digits, got "-1"`],
+    ['CONTENT_LENGTH is not words', (e) => (e.CONTENT_LENGTH = 'ten'), `[server] CONTENT_LENGTH must be absent, '' or 1-15 digits, got "ten"`],
+    ['CONTENT_LENGTH has at most 15 digits', (e) => (e.CONTENT_LENGTH = '1234567890123456'), `CONTENT_LENGTH must be absent, '' or 1-15 digits, got "1234567890123456"`],
     ['SERVER_PORT is digits', (e) => (e.SERVER_PORT = 'http'), '[server] SERVER_PORT must be digits, got "http"'],
     ['SERVER_PORT is not empty', (e) => (e.SERVER_PORT = ''), '[server] SERVER_PORT must be digits, got ""'],
     ['SERVER_PROTOCOL form', (e) => (e.SERVER_PROTOCOL = 'HTTP/1.1.1'), '[server] SERVER_PROTOCOL must match HTTP/<digit>[.<digit>], got "HTTP/1.1.1"'],
@@ -195,6 +209,7 @@ describe('the server side: the environ', () => {
     ['otherwise origin-form', (e) => (e.REQUEST_URI = 'index.html'), `[server] REQUEST_URI must start with '/' (origin-form), got "index.html"`],
     ['QUERY_STRING has no fragment', (e) => (e.QUERY_STRING = 'a=1#x'), `[server] QUERY_STRING must not contain a '#' fragment`],
     ['tsgi.version is [1, 0]', (e) => (e['tsgi.version'] = [1, 1]), '[server] tsgi.version must be [1, 0], got [1,1]'],
+    ['tsgi.version is frozen', (e) => (e['tsgi.version'] = [1, 0]), '[server] tsgi.version must be a frozen array'],
     ['tsgi.version is an array', (e) => (e['tsgi.version'] = '1.0'), '[server] tsgi.version must be [1, 0], got string "1.0"'],
     ['tsgi.url_scheme', (e) => (e['tsgi.url_scheme'] = 'ftp'), `[server] tsgi.url_scheme must be 'http' or 'https', got string "ftp"`],
     ['tsgi.input is an object', (e) => (e['tsgi.input'] = null), '[server] tsgi.input must be an InputStream object, got null'],
@@ -235,7 +250,8 @@ describe('the server side: the environ', () => {
     ['a bare IPv6 SERVER_NAME', (e) => (e.SERVER_NAME = '::1')],
     ['HTTP/2', (e) => (e.SERVER_PROTOCOL = 'HTTP/2')],
     ['an empty CONTENT_LENGTH', (e) => (e.CONTENT_LENGTH = '')],
-    ['extension keys of any type', (e) => Object.assign(e, { 'myext.thing': 42, 'mod_tsgi.process_group': '' })],
+    ['extension keys of any type', (e) => Object.assign(e, { 'myext.thing': 42, 'my_ext2.x.y': null, 'tsgix.logger': {}, 'mod_tsgi.process_group': '' })],
+    ['a frozen tsgi.version of its own', (e) => (e['tsgi.version'] = Object.freeze([1, 0]))],
   ];
   for (const [name, mutate] of good) {
     it(`accepts ${name}`, async () => {
@@ -280,10 +296,10 @@ describe('tsgi.input and tsgi.errors', () => {
   const post = (body: string): FakeRequest => ({ method: 'POST', body: [enc(body)], headers: { 'Content-Length': String(enc(body).byteLength) } });
 
   const badReads: [string, (i: Record<string, (...a: unknown[]) => unknown>) => Promise<unknown>, string][] = [
-    ['read(size) with a string size', (i) => i.read('10') as Promise<unknown>, '[application] tsgi.input.read(size): size must be undefined or a non-negative integer, got string "10"'],
-    ['read(size) with a fraction', (i) => i.read(1.5) as Promise<unknown>, 'size must be undefined or a non-negative integer, got number 1.5'],
-    ['read(size) with NaN', (i) => i.read(NaN) as Promise<unknown>, 'size must be undefined or a non-negative integer, got number NaN'],
-    ['read(size) with null', (i) => i.read(null) as Promise<unknown>, 'size must be undefined or a non-negative integer, got null'],
+    ['read(size) with a string size', (i) => i.read('10') as Promise<unknown>, '[application] tsgi.input.read(size): size must be an integer or left out, got string "10"'],
+    ['read(size) with a fraction', (i) => i.read(1.5) as Promise<unknown>, 'size must be an integer or left out, got number 1.5'],
+    ['read(size) with NaN', (i) => i.read(NaN) as Promise<unknown>, 'size must be an integer or left out, got number NaN'],
+    ['read(size) with null', (i) => i.read(null) as Promise<unknown>, 'size must be an integer or left out, got null'],
     ['read() with two arguments', (i) => i.read(1, 2) as Promise<unknown>, '[application] tsgi.input.read() takes at most 1 argument (size), got 2'],
     ['concurrent reads', (i) => Promise.all([i.read(1), i.read(1)]), '[application] tsgi.input: concurrent reads; await each read() or next()'],
     [
@@ -301,6 +317,25 @@ describe('tsgi.input and tsgi.errors', () => {
       expect500(await run(reader(use), post('hello world')), rule);
     });
   }
+
+  it('input: read(0) is legal but warned about', async () => {
+    const r = await run(reader(async (i) => (await (i.read(0) as Promise<Uint8Array>)).byteLength), post('hello'));
+    expect(r.outcome.state).toBe('complete');
+    expect(r.text).toBe('0');
+    expect(r.warnings).toEqual(['tsgi.validate: warning: tsgi.input.read(0) always resolves to an empty array, which elsewhere means end-of-body']);
+  });
+
+  it('input: not used after the response completed', async () => {
+    let input: { read(): Promise<Uint8Array>; [Symbol.asyncIterator](): AsyncIterator<Uint8Array> } | null = null;
+    const r = await run((e, sr) => {
+      input = e['tsgi.input'];
+      sr('200 OK', TEXT);
+      return ['ok'];
+    }, post('hello'));
+    expect(r.outcome.state).toBe('complete');
+    await expect(input!.read()).rejects.toThrow('[application] tsgi.input used after the response completed');
+    await expect(input![Symbol.asyncIterator]().next()).rejects.toThrow('[application] tsgi.input used after the response completed');
+  });
 
   it('input: read(-1) is allowed by the spec, so it only warns', async () => {
     const r = await run(reader((i) => i.read(-1) as Promise<unknown>), post('hello world'));
@@ -354,6 +389,23 @@ describe('tsgi.input and tsgi.errors', () => {
       "[server] tsgi.input's iterator must resolve to {done, value}, got number 42",
     ],
     [
+      'no bytes after end-of-body',
+      { 'tsgi.input': fakeInput(async () => enc('abc')) },
+      async (i) => {
+        await i.read();
+        return i.read(10);
+      },
+      '[server] tsgi.input delivered 3 bytes after reporting end-of-body',
+    ],
+    [
+      'iteration yields no empty chunks',
+      { 'tsgi.input': fakeInput(async () => enc(''), [enc('a'), new Uint8Array(0)]) },
+      async (i) => {
+        for await (const c of i as unknown as AsyncIterable<Uint8Array>) void c;
+      },
+      '[server] iterating tsgi.input yielded an empty chunk',
+    ],
+    [
       'iteration yields Uint8Array',
       { 'tsgi.input': fakeInput(async () => enc(''), ['text']) },
       async (i) => {
@@ -401,7 +453,7 @@ describe('tsgi.input and tsgi.errors', () => {
     const r = await run(reader(async (i) => i.read()), { method: 'POST', body: [enc('abc')], headers: { 'Content-Length': '10' } });
     expect(r.outcome.state).toBe('error');
     expect(logText(r)).toContain('request body ended after fewer bytes than CONTENT_LENGTH');
-    expect(logText(r)).not.toContain('TsgiValidationError');
+    expect(logText(r)).not.toMatch(/TsgiSpecViolation: \[/);
   });
 
   const errorsApp = (use: (errors: Record<string, (...a: unknown[]) => unknown>) => void): Application => (e, sr) => {
@@ -519,12 +571,9 @@ describe('startResponse()', () => {
       (sr) => sr('200 OK', [...TEXT, ['Content-Length', '1'], ['content-length', '2']]),
       '[application] startResponse() headers: conflicting Content-Length headers: 1 and 2',
     ],
-    ['Content-Type is required', (sr) => sr('200 OK', []), '[application] a Content-Type header is required (status 200; only 204 and 304 go without)'],
-    ['Content-Type is required for redirects too', (sr) => sr('302 Found', [['Location', '/x']]), 'a Content-Type header is required (status 302'],
     ['no Content-Type on 204', (sr) => sr('204 No Content', TEXT), '[application] a 204 response must not have a Content-Type header'],
     ['no Content-Type on 304', (sr) => sr('304 Not Modified', [['content-type', 'text/html']]), 'a 304 response must not have a Content-Type header'],
     ['no Content-Length on 204', (sr) => sr('204 No Content', [['Content-Length', '0']]), '[application] a 204 response must not have a Content-Length header'],
-    ['no Content-Length on 304', (sr) => sr('304 Not Modified', [['Content-Length', '10']]), 'a 304 response must not have a Content-Length header'],
     [
       'not twice without excInfo',
       (sr) => {
@@ -532,14 +581,6 @@ describe('startResponse()', () => {
         sr('404 Not Found', TEXT);
       },
       '[application] startResponse() called a second time without excInfo',
-    ],
-    [
-      'excInfo is an Error',
-      (sr) => {
-        sr('200 OK', TEXT);
-        sr('500 Internal Server Error', TEXT, 'it broke');
-      },
-      '[application] startResponse() excInfo must be the Error being handled, got string "it broke"',
     ],
   ];
   for (const [name, call, rule] of calls) {
@@ -551,6 +592,36 @@ describe('startResponse()', () => {
       expect500(r, rule);
     });
   }
+
+  it('warns about a missing Content-Type (a SHOULD), and lets the response through', async () => {
+    const r = await run((e, sr) => (sr('200 OK', []), ['x']));
+    expect(r.outcome.state).toBe('complete');
+    expect(r.warnings).toEqual(['tsgi.validate: warning: no Content-Type header (status 200); every response except 204 and 304 should have one']);
+    const redirect = await run((e, sr) => (sr('302 Found', [['Location', '/x']]), []));
+    expect(redirect.head?.code).toBe(302);
+    expect(redirect.warnings).toEqual(['tsgi.validate: warning: no Content-Type header (status 302); every response except 204 and 304 should have one']);
+  });
+
+  it('warns about Content-Length on a 304 (RFC 9110 allows only the 200 length)', async () => {
+    const r = await run((e, sr) => (sr('304 Not Modified', [['Content-Length', '10']]), []));
+    expect(r.outcome.state).toBe('complete');
+    expect(r.head?.code).toBe(304);
+    expect(r.warnings).toEqual(['tsgi.validate: warning: a 304 response with Content-Length: it must equal the length of the 200 response, and is usually left out']);
+  });
+
+  it('warns about an excInfo that is not an Error, and still replaces the response', async () => {
+    const app: Application = (e, sr) => {
+      sr('200 OK', TEXT);
+      sr('500 Internal Server Error', TEXT, 'it broke');
+      return ['sorry'];
+    };
+    const plain = await runApp(app);
+    const r = await run(app);
+    expect(r.head).toEqual(plain.head);
+    expect(r.head?.code).toBe(500);
+    expect(r.text).toBe('sorry');
+    expect(r.warnings).toEqual(['tsgi.validate: warning: startResponse() excInfo should be the error being handled, got string "it broke"']);
+  });
 
   it('warns about a status without a reason phrase, and lets it through', async () => {
     const r = await run((e, sr) => (sr('200 ', TEXT), ['x']));
@@ -575,13 +646,13 @@ describe('startResponse()', () => {
   it('a violation the app catches is still reported (when it returns)', async () => {
     const r = await run((e, sr) => {
       try {
-        sr('200 OK', []);
+        sr('200 OK', [['Content-Type', 'text/plain'], ['Connection', 'close']]);
       } catch {
         // swallowed
       }
       return [];
     });
-    expect500(r, 'a Content-Type header is required');
+    expect500(r, '[application] startResponse() headers: hop-by-hop header Connection is not allowed');
   });
 
   it('a violation an async body catches is still reported at its next chunk', async () => {
@@ -627,7 +698,7 @@ describe('startResponse()', () => {
     expect(r.outcome.state).toBe('aborted');
     expect(r.text).toBe('partial');
     expect(logText(r)).toContain('Error: late failure');
-    expect(logText(r)).not.toContain('TsgiValidationError');
+    expect(logText(r)).not.toMatch(/TsgiSpecViolation: \[/);
   });
 
   it('the app must let the re-thrown excInfo propagate', async () => {
@@ -771,6 +842,16 @@ describe('the body', () => {
     });
     expectAbort(r, 'a body chunk must be a Uint8Array or a string, got array(2)');
     expect(r.text).toBe('a');
+  });
+
+  it('a sync body cannot yield Promises', async () => {
+    expect500(
+      await run(function* (e, sr) {
+        sr('200 OK', TEXT);
+        yield Promise.resolve('later') as unknown as string;
+      }),
+      'a body chunk must be a Uint8Array or a string, got object [object Promise] (a Promise: a synchronous body cannot wait; make the body async',
+    );
   });
 
   it('chunks are not ArrayBuffers or Buffers-in-disguise', async () => {
@@ -941,6 +1022,128 @@ describe('the server must close the body, once, and not iterate it after', () =>
       })();
     });
     expectAbort(await runApp(closesEarly), '[server] the response body was iterated after close()');
+  });
+
+  const gen: Application = function* (e, sr) {
+    sr('200 OK', TEXT);
+    yield 'a';
+    yield 'b';
+  };
+  /** A server layer that drives the validated body itself, badly. */
+  const driving = (drive: (b: Iterable<Chunk> & { close(): unknown }) => Generator<Chunk>, app: Application = gen): Application => {
+    const v = validate(app);
+    return (e, sr) => drive(v(e, sr) as Iterable<Chunk> & { close(): unknown });
+  };
+
+  it('close() called twice', async () => {
+    const r = await runApp(
+      driving(function* (b) {
+        yield* b;
+        b.close();
+        b.close();
+      }),
+    );
+    expectAbort(r, '[server] close() called a second time on the response body; the server must call it exactly once');
+  });
+
+  it('close() called twice on an Array body', async () => {
+    const r = await runApp(
+      driving(function* (b) {
+        yield* b;
+        b.close();
+        b.close();
+      }, hello),
+    );
+    expectAbort(r, '[server] close() called a second time on the response body');
+  });
+
+  it('return() called twice', async () => {
+    const r = await runApp(
+      driving(function* (b) {
+        const it = b[Symbol.iterator]();
+        yield it.next().value as Chunk;
+        it.return!();
+        it.return!();
+      }),
+    );
+    expectAbort(r, '[server] return() called a second time on the body iterator; the server calls it at most once');
+  });
+
+  it('return() called twice (async body)', async () => {
+    const v = validate(async function* (e, sr) {
+      sr('200 OK', TEXT);
+      yield 'a';
+      yield 'b';
+    });
+    const r = await runApp((e, sr) => {
+      const b = v(e, sr) as AsyncIterable<Chunk>;
+      return (async function* () {
+        const it = b[Symbol.asyncIterator]();
+        yield (await it.next()).value as Chunk;
+        await it.return!();
+        await it.return!();
+      })();
+    });
+    expectAbort(r, '[server] return() called a second time on the body iterator');
+  });
+
+  it('return() called after done', async () => {
+    const r = await runApp(
+      driving(function* (b) {
+        const it = b[Symbol.iterator]();
+        for (let x = it.next(); !x.done; x = it.next()) yield x.value;
+        it.return!();
+      }),
+    );
+    expectAbort(r, '[server] return() called on the body iterator after it reported done');
+  });
+
+  it('return() called before any next()', async () => {
+    let started = false;
+    const r = await runApp(
+      driving(
+        function* (b) {
+          b[Symbol.iterator]().return!();
+          yield* [];
+        },
+        function* (e, sr) {
+          started = true;
+          sr('200 OK', TEXT);
+          yield 'a';
+        },
+      ),
+    );
+    expect500(r, "[server] return() called on the body iterator before any next(): a generator body's finally blocks never run");
+    expect(started).toBe(false);
+  });
+
+  it("return() after the app's next() threw is forwarded, as without validate", async () => {
+    const counts: number[] = [];
+    const app = (): Application => {
+      let returned = 0;
+      counts.push(0);
+      const i = counts.length - 1;
+      return (e, sr) => {
+        sr('200 OK', TEXT);
+        let n = 0;
+        return {
+          [Symbol.iterator]: () => ({
+            next: () => {
+              if (n++ === 0) return { done: false, value: 'a' };
+              throw new Error('boom');
+            },
+            return: () => {
+              counts[i] = ++returned;
+              return { done: true, value: undefined };
+            },
+          }),
+        } as Iterable<Chunk>;
+      };
+    };
+    const plain = await runApp(app());
+    const r = await run(app());
+    expect(r.outcome).toEqual(plain.outcome);
+    expect(counts).toEqual([1, 1]);
   });
 
   /** A server layer that iterates the body but forgets close(). */

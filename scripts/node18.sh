@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Provides a Node 18 executable (Debian bookworm's nodejs 18.20.x on libnode108, the
+# runtime the embedded Apache mode will use) beside this machine's own Node, without
+# installing Debian's nodejs package or touching /usr/bin/node. See DESIGN.md §5.
+#
+#   scripts/node18.sh      prints the path of build/node18/bin/node18
+#
+# What it does (each step only when needed; a second run only checks and prints):
+#   1. apt-get download nodejs + libnode108 (the same version) into build/node18/debs,
+#      running apt-get update only if the download cannot be done without it;
+#   2. dpkg -x both into build/node18 (a private prefix: Debian's nodejs cannot be
+#      apt-installed beside NodeSource's, and its files would clash);
+#   3. dpkg -x node-acorn, node-cjs-module-lexer, node-undici into / : libnode loads its
+#      "externalized builtins" from absolute /usr/share/nodejs/... paths at start-up and
+#      aborts if any of them is missing (needs root);
+#   4. shared libraries node needs that the system lacks (checked with ldd: libc-ares2
+#      here; libuv1 and others if absent) are extracted into the private prefix too;
+#   5. writes the wrapper build/node18/bin/node18, which sets LD_LIBRARY_PATH and execs
+#      the extracted usr/bin/node, and checks that it reports v18.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PREFIX="$ROOT/build/node18"
+DEBS="$PREFIX/debs"
+WRAPPER="$PREFIX/bin/node18"
+STAMP="$PREFIX/.complete"
+# The files libnode108 loads from / at start-up (strings libnode.so.108 | grep /usr/share/nodejs).
+BUILTINS=(
+  /usr/share/nodejs/acorn/dist/acorn.js
+  /usr/share/nodejs/acorn-walk/dist/walk.js
+  /usr/share/nodejs/cjs-module-lexer/lexer.js
+  /usr/share/nodejs/cjs-module-lexer/dist/lexer.js
+  /usr/share/nodejs/undici/undici-fetch.js
+)
+
+say() { printf 'node18.sh: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+builtins_present() {
+  local f
+  for f in "${BUILTINS[@]}"; do [[ -f "$f" ]] || return 1; done
+}
+
+# Fast path: everything was done before and is still there.
+if [[ -f "$STAMP" && -x "$WRAPPER" ]] && builtins_present; then
+  echo "$WRAPPER"
+  exit 0
+fi
+
+command -v apt-get >/dev/null && command -v dpkg >/dev/null || die "needs a Debian system (apt-get, dpkg)"
+IS_ROOT=0
+[[ "$(id -u)" == 0 ]] && IS_ROOT=1
+
+mkdir -p "$PREFIX" "$DEBS"
+exec 9>"$PREFIX/.lock"
+flock 9 # one setup at a time; a concurrent run waits, then finds the work done
+if [[ -f "$STAMP" && -x "$WRAPPER" ]] && builtins_present; then
+  echo "$WRAPPER"
+  exit 0
+fi
+
+APT_UPDATED=0
+apt_update() {
+  [[ $APT_UPDATED == 1 ]] && return 0
+  [[ $IS_ROOT == 1 ]] || die "apt-get update is needed to download Debian's nodejs 18, and that needs root; run: sudo $0"
+  say "apt-get update"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+  APT_UPDATED=1
+}
+
+candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
+
+# Downloads packages (name or name=version) into $DEBS unless a .deb for them is there.
+download() {
+  local want=() spec name ver
+  for spec in "$@"; do
+    name="${spec%%=*}"
+    ver=""
+    [[ "$spec" == *=* ]] && ver="${spec#*=}"
+    # .deb names carry the version with ':' (epoch) written as %3a.
+    if compgen -G "$DEBS/${name}_${ver//:/%3a}*.deb" >/dev/null; then continue; fi
+    want+=("$spec")
+  done
+  [[ ${#want[@]} == 0 ]] && return 0
+  say "apt-get download ${want[*]}"
+  # The sandbox user (_apt) may not be able to write into the repo; download as ourselves.
+  if ! (cd "$DEBS" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "${want[@]}" >&2); then
+    apt_update
+    (cd "$DEBS" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "${want[@]}" >&2) || die "apt-get download ${want[*]} failed"
+  fi
+}
+
+deb() {
+  local f
+  f=$(compgen -G "$DEBS/${1}_*.deb" | sort | tail -n 1) || true
+  [[ -n "$f" ]] || die "no .deb for $1 in $DEBS"
+  echo "$f"
+}
+
+# 1. nodejs 18 and its libnode108, same version. `apt-get download nodejs` alone would pick
+#    the installed (NodeSource, 20.x) version, which no repository has.
+VERSION=$(candidate libnode108)
+if [[ -z "$VERSION" || "$VERSION" == "(none)" ]]; then
+  apt_update
+  VERSION=$(candidate libnode108)
+fi
+[[ -n "$VERSION" && "$VERSION" != "(none)" ]] || die "no libnode108 package in the apt sources (this needs Debian bookworm's main archive)"
+[[ "$VERSION" == 18.* ]] || die "libnode108 candidate is $VERSION, expected 18.x"
+download "nodejs=$VERSION" "libnode108=$VERSION" node-acorn node-cjs-module-lexer node-undici
+
+# 2. The private prefix.
+if [[ ! -x "$PREFIX/usr/bin/node" ]] || ! compgen -G "$PREFIX/usr/lib/*/libnode.so.108" >/dev/null; then
+  say "dpkg -x nodejs libnode108 -> $PREFIX"
+  dpkg -x "$(deb nodejs)" "$PREFIX"
+  dpkg -x "$(deb libnode108)" "$PREFIX"
+fi
+LIBNODE=$(compgen -G "$PREFIX/usr/lib/*/libnode.so.108" | head -n 1) || true
+[[ -n "$LIBNODE" ]] || die "libnode.so.108 not found under $PREFIX/usr/lib after extraction"
+LIBDIR=$(dirname "$LIBNODE")
+
+# 3. The externalized builtins, where libnode looks for them.
+if ! builtins_present; then
+  [[ $IS_ROOT == 1 ]] || die "libnode108 needs node-acorn, node-cjs-module-lexer and node-undici extracted into /usr/share/nodejs, which needs root; run: sudo $0"
+  for p in node-acorn node-cjs-module-lexer node-undici; do
+    say "dpkg -x $p -> /"
+    dpkg -x "$(deb "$p")" /
+  done
+  builtins_present || die "builtins still missing after extracting node-acorn, node-cjs-module-lexer, node-undici"
+fi
+
+# 4. Shared libraries the system lacks go into the private prefix too.
+lib_package() {
+  case "$1" in
+    libcares.so.*) echo libc-ares2 ;;
+    libuv.so.*) echo libuv1 ;;
+    libicu*.so.72) echo libicu72 ;;
+    libnghttp2.so.14) echo libnghttp2-14 ;;
+    libbrotli*.so.1) echo libbrotli1 ;;
+    libssl.so.3 | libcrypto.so.3) echo libssl3 ;;
+    libz.so.1) echo zlib1g ;;
+    *) return 1 ;;
+  esac
+}
+missing_libs() {
+  LD_LIBRARY_PATH="$LIBDIR" ldd "$PREFIX/usr/bin/node" | awk '/not found/ { print $1 }'
+}
+MISSING=$(missing_libs)
+if [[ -n "$MISSING" ]]; then
+  pkgs=()
+  for lib in $MISSING; do
+    p=$(lib_package "$lib") || die "node 18 needs $lib and this script does not know its package; install it and run again"
+    [[ " ${pkgs[*]-} " == *" $p "* ]] || pkgs+=("$p")
+  done
+  download "${pkgs[@]}"
+  for p in "${pkgs[@]}"; do
+    say "dpkg -x $p -> $PREFIX (provides a missing shared library)"
+    dpkg -x "$(deb "$p")" "$PREFIX"
+  done
+  MISSING=$(missing_libs)
+  [[ -z "$MISSING" ]] || die "still missing after extraction: $MISSING"
+fi
+
+# 5. The wrapper.
+mkdir -p "$PREFIX/bin"
+cat >"$WRAPPER.tmp" <<EOF
+#!/bin/sh
+# Debian bookworm's Node $VERSION from a private prefix (written by scripts/node18.sh).
+LD_LIBRARY_PATH="$LIBDIR\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH
+exec "$PREFIX/usr/bin/node" "\$@"
+EOF
+chmod 755 "$WRAPPER.tmp"
+mv "$WRAPPER.tmp" "$WRAPPER"
+GOT=$("$WRAPPER" --version) || die "$WRAPPER --version failed"
+[[ "$GOT" == v18.* ]] || die "$WRAPPER --version printed $GOT, expected v18.x"
+"$WRAPPER" -e 'require("node:fs"); fetch' || die "$WRAPPER cannot run a script"
+echo "$VERSION" >"$STAMP"
+say "ready: $WRAPPER ($GOT)"
+echo "$WRAPPER"

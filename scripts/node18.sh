@@ -162,12 +162,14 @@ fi
 
 # 5. The wrapper.
 mkdir -p "$PREFIX/bin"
+# Paths relative to the wrapper, so the checkout can move.
 cat >"$WRAPPER.tmp" <<EOF
 #!/bin/sh
 # Debian bookworm's Node $VERSION from a private prefix (written by scripts/node18.sh).
-LD_LIBRARY_PATH="$LIBDIR\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+prefix=\$(cd "\$(dirname "\$0")/.." && pwd)
+LD_LIBRARY_PATH="\$prefix/${LIBDIR#"$PREFIX/"}\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 export LD_LIBRARY_PATH
-exec "$PREFIX/usr/bin/node" "\$@"
+exec "\$prefix/usr/bin/node" "\$@"
 EOF
 chmod 755 "$WRAPPER.tmp"
 mv "$WRAPPER.tmp" "$WRAPPER"

@@ -8,5 +8,6 @@ export default defineConfig({
     // Integration tests start real servers on private ports; files run in parallel
     // workers, each picking free ports.
     pool: 'forks',
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });

@@ -1,0 +1,22 @@
+/**
+ * Prints one plain closing line, `tests: N passed, N failed, N skipped`, after vitest's
+ * own report, so a CI log can be read without parsing vitest's formatting.
+ */
+import type { Reporter, TestModule } from 'vitest/node' with { 'resolution-mode': 'import' };
+
+export default class SummaryReporter implements Reporter {
+  onTestRunEnd(testModules: ReadonlyArray<TestModule>): void {
+    let passed = 0;
+    let failed = 0;
+    let skipped = 0;
+    for (const m of testModules) {
+      for (const t of m.children.allTests()) {
+        const state = t.result().state;
+        if (state === 'passed') passed++;
+        else if (state === 'failed') failed++;
+        else skipped++;
+      }
+    }
+    process.stdout.write(`\ntests: ${passed} passed, ${failed} failed, ${skipped} skipped\n`);
+  }
+}

@@ -17,6 +17,7 @@ import { checkHeaders, describe, hasHeader, parseStatus, statusForbidsBody } fro
 import { RequestInput } from './input';
 import { ErrorsStream, type ErrorLog } from './log';
 import { fileWrapper } from './file-wrapper';
+import { callApplication, isThenable } from './invoke';
 import { TSGI_VERSION } from '../tsgi';
 import type { Application, Body, Chunk, Environ, Header, StartResponse, Write } from '../tsgi';
 
@@ -87,7 +88,6 @@ export interface RequestOutcome {
 }
 
 const EMPTY = new Uint8Array(0);
-const isClass = new WeakMap<Function, boolean>();
 const ERROR_PAGE = Buffer.from(
   '<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head><body>\n' +
     '<h1>Internal Server Error</h1>\n<p>The server encountered an internal error and was unable to complete your request.</p>\n' +
@@ -185,13 +185,7 @@ class RequestRun {
   /** Calls the application; a class is constructed, as seed 004's AppClass is. */
   private invoke(app: Application): unknown {
     if (typeof app !== 'function') throw new SpecViolation(`the application is not callable (${describe(app)})`);
-    let cls = isClass.get(app);
-    if (cls === undefined) {
-      cls = /^class[\s{]/.test(Function.prototype.toString.call(app));
-      isClass.set(app, cls);
-    }
-    const sr = this.startResponse;
-    return cls ? new (app as unknown as new (e: Environ, s: StartResponse) => unknown)(this.environ, sr) : app(this.environ, sr);
+    return callApplication(app, this.environ, this.startResponse);
   }
 
   private readonly startResponse: StartResponse = (status, headers, excInfo) => {
@@ -448,9 +442,6 @@ function toBytes(chunk: unknown, what: string): Uint8Array {
   throw new SpecViolation(`${what} must be a Uint8Array or a string, got ${describe(chunk)}`);
 }
 
-function isThenable(v: unknown): v is Promise<unknown> {
-  return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof (v as { then?: unknown }).then === 'function';
-}
 
 function stackOf(e: unknown): string {
   if (e instanceof Error) {

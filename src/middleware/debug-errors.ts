@@ -17,6 +17,7 @@
  * have been without this middleware — a half-sent response must never be completed
  * with an error page glued to its end.
  */
+import { callApplication, isThenable } from '../gateway/invoke';
 import type { Application, Body, Chunk, Environ, StartResponse } from '../tsgi';
 
 export interface DebugErrorsOptions {
@@ -30,7 +31,7 @@ export interface DebugErrorsOptions {
 /** Wraps `app` so that its errors become a development error page. */
 export function debugErrors(app: Application, options: DebugErrorsOptions = {}): Application {
   const showEnviron = options.showEnviron ?? false;
-  const call = invoker(app);
+  const call = (environ: Environ, startResponse: StartResponse) => callApplication(app, environ, startResponse);
 
   return function debugErrorsApp(environ, startResponse) {
     const fail = (error: unknown): Chunk[] => errorResponse(environ, startResponse, error, showEnviron);
@@ -170,15 +171,3 @@ function escapeHtml(s: string): string {
   return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
-/** How to call `app`: a class-style application (seed 004's AppClass) is constructed, as the gateway does. */
-function invoker(app: Application): (environ: Environ, startResponse: StartResponse) => unknown {
-  if (typeof app === 'function' && /^class[\s{]/.test(Function.prototype.toString.call(app))) {
-    const cls = app as unknown as new (e: Environ, s: StartResponse) => unknown;
-    return (environ, startResponse) => new cls(environ, startResponse);
-  }
-  return app;
-}
-
-function isThenable(v: unknown): v is Promise<unknown> {
-  return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof (v as { then?: unknown }).then === 'function';
-}

@@ -15,6 +15,7 @@
  * Streaming stays streaming: every chunk the application yields (or passes to write())
  * is compressed and flushed right away, so a client can decode each one as it arrives.
  */
+import { callApplication, isThenable } from '../gateway/invoke';
 import * as zlib from 'node:zlib';
 import { SpecViolation } from '../gateway/errors';
 import { checkHeaders, parseStatus, statusForbidsBody } from '../gateway/headers';
@@ -41,7 +42,7 @@ export function gzip(app: Application, options: GzipOptions = {}): Application {
     level: options.level ?? zlib.constants.Z_DEFAULT_COMPRESSION,
     compressible: options.compressible ?? defaultCompressible,
   };
-  const call = invoker(app);
+  const call = (environ: Environ, startResponse: StartResponse) => callApplication(app, environ, startResponse);
 
   return function gzipApp(environ, startResponse) {
     const response = new GzipResponse(environ, startResponse, settings);
@@ -373,15 +374,3 @@ function toBytes(chunk: Chunk): Uint8Array {
   return typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
 }
 
-/** How to call `app`: a class-style application (seed 004's AppClass) is constructed, as the gateway does. */
-function invoker(app: Application): (environ: Environ, startResponse: StartResponse) => unknown {
-  if (typeof app === 'function' && /^class[\s{]/.test(Function.prototype.toString.call(app))) {
-    const cls = app as unknown as new (e: Environ, s: StartResponse) => unknown;
-    return (environ, startResponse) => new cls(environ, startResponse);
-  }
-  return app;
-}
-
-function isThenable(v: unknown): v is Promise<unknown> {
-  return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof (v as { then?: unknown }).then === 'function';
-}

@@ -18,6 +18,7 @@
  * Neither store expires sessions: clear old files from the directory (by mtime) with a
  * cron job or systemd-tmpfiles.
  */
+import { callApplication, isThenable } from '../gateway/invoke';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -56,7 +57,7 @@ export function session(app: Application, options: SessionOptions = {}): Applica
   if (!COOKIE_NAME.test(cookieName)) throw new TypeError(`session: invalid cookie name ${JSON.stringify(cookieName)}`);
   const store: SessionStore =
     typeof options.store === 'object' ? options.store : options.store === 'memory' ? memoryStore() : fileStore(options.directory);
-  const call = invoker(app);
+  const call = (environ: Environ, startResponse: StartResponse) => callApplication(app, environ, startResponse);
 
   return async function sessionApp(environ, startResponse) {
     const errors = environ['tsgi.errors'];
@@ -277,15 +278,3 @@ function describe(v: unknown): string {
   return v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v;
 }
 
-/** How to call `app`: a class-style application (seed 004's AppClass) is constructed, as the gateway does. */
-function invoker(app: Application): (environ: Environ, startResponse: StartResponse) => unknown {
-  if (typeof app === 'function' && /^class[\s{]/.test(Function.prototype.toString.call(app))) {
-    const cls = app as unknown as new (e: Environ, s: StartResponse) => unknown;
-    return (environ, startResponse) => new cls(environ, startResponse);
-  }
-  return app;
-}
-
-function isThenable(v: unknown): v is Promise<unknown> {
-  return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof (v as { then?: unknown }).then === 'function';
-}

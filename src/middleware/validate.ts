@@ -41,6 +41,7 @@
  * and header syntax come from the gateway's own parseStatus() and checkHeaders(), so the
  * validator and the gateway can never disagree about them.
  */
+import { callApplication, isThenable } from '../gateway/invoke';
 import { statSync } from 'node:fs';
 import { SpecViolation } from '../gateway/errors';
 import { TOKEN, checkHeaders, describe, hasHeader, parseStatus, statusForbidsBody } from '../gateway/headers';
@@ -115,7 +116,6 @@ const TSGI_KEYS = new Set([
   'tsgi.file_wrapper',
 ]);
 
-const isClass = new WeakMap<Function, boolean>();
 
 /**
  * Wraps `app` so every request through it is checked on both sides. `app` may also be a
@@ -154,12 +154,7 @@ export function validate(app: Application | ApplicationClass, options: ValidateO
 }
 
 function invoke(app: Function, environ: Environ, sr: StartResponse): unknown {
-  let cls = isClass.get(app);
-  if (cls === undefined) {
-    cls = /^class[\s{]/.test(Function.prototype.toString.call(app));
-    isClass.set(app, cls);
-  }
-  return cls ? new (app as ApplicationClass)(environ, sr) : (app as Application)(environ, sr);
+  return callApplication(app as Application, environ, sr);
 }
 
 function makeWarn(custom: ((msg: string) => void) | undefined, environ: unknown): (msg: string) => void {
@@ -875,9 +870,6 @@ function isChunk(v: unknown): v is Chunk {
   return typeof v === 'string' || v instanceof Uint8Array;
 }
 
-function isThenable(v: unknown): v is PromiseLike<unknown> {
-  return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof (v as { then?: unknown }).then === 'function';
-}
 
 function messageOf(e: unknown): string {
   return e instanceof Error ? e.message : describe(e);

@@ -1,7 +1,9 @@
 /**
  * The `tsgi` command. Subcommands:
  *   serve APP.tsgi [--host H] [--port N] [--reload]   the development server
+ *   module-config                                      httpd.conf lines loading mod_tsgi
  */
+import { moduleConfigCommand } from './module-config';
 import { serveCommand } from './serve';
 
 const USAGE = `usage: tsgi <command> [options]
@@ -10,6 +12,8 @@ commands:
   serve APP.tsgi [--host H] [--port N] [--reload] [--callable NAME]
                  [--mount-point /PATH] [--validate]
       Runs APP.tsgi on a development HTTP server (default http://127.0.0.1:8000/).
+  module-config
+      Prints the httpd.conf lines that load mod_tsgi (built by \`npm run build\`).
 `;
 
 export async function main(argv: string[] = process.argv.slice(2)): Promise<number> {
@@ -17,6 +21,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
   switch (command) {
     case 'serve':
       return serveCommand(rest);
+    case 'module-config':
+      return moduleConfigCommand(rest);
     case undefined:
     case '-h':
     case '--help':

@@ -11,6 +11,11 @@
 export interface HeaderPolicy {
   /** Pass `Authorization` as HTTP_AUTHORIZATION (TSGIPassAuthorization On). Default false. */
   passAuthorization?: boolean;
+  /**
+   * The values are octets decoded as Latin-1 (node:http does that); re-decode them as
+   * UTF-8, as the spec wants environ values (§4).
+   */
+  latin1Values?: boolean;
 }
 
 /**
@@ -25,7 +30,8 @@ const HEADER_NAME = /^[A-Za-z0-9-]+$/;
 export function addHeaderVariables(env: Record<string, unknown>, rawHeaders: readonly string[], policy: HeaderPolicy = {}): void {
   for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
     const name = rawHeaders[i];
-    const value = rawHeaders[i + 1];
+    let value = rawHeaders[i + 1];
+    if (policy.latin1Values && /[\x80-\xff]/.test(value)) value = Buffer.from(value, 'latin1').toString('utf8');
     if (!HEADER_NAME.test(name)) continue;
     const lower = name.toLowerCase();
     let key: string;

@@ -13,6 +13,11 @@ export class BodyReadError extends Error {
   override name = 'TsgiBodyReadError';
 }
 
+/** The request itself is malformed (a bad CONTENT_LENGTH, say): answered with 400, not 500. */
+export class BadRequest extends Error {
+  override name = 'TsgiBadRequest';
+}
+
 /** The client went away (or the server gave up) before the response was complete. */
 export class RequestAborted extends Error {
   override name = 'TsgiRequestAborted';

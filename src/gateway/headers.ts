@@ -9,7 +9,7 @@ import type { Header } from '../tsgi';
 export const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Latin-1 without control characters (HTAB allowed inside a value). */
 const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
-const STATUS = /^([1-9][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)$/;
+const STATUS = /^([1-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)$/;
 
 /** Connection-specific headers an application must not set: the server owns the connection. */
 export const HOP_BY_HOP = new Set([

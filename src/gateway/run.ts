@@ -12,7 +12,7 @@
  *   client-gone  the request's signal fired (client disconnected) before the end.
  * Each failure writes exactly one error-log entry.
  */
-import { BodyReadError, RequestAborted, SpecViolation } from './errors';
+import { BadRequest, BodyReadError, RequestAborted, SpecViolation } from './errors';
 import { checkHeaders, describe, hasHeader, parseStatus, statusForbidsBody } from './headers';
 import { RequestInput } from './input';
 import { ErrorsStream, type ErrorLog } from './log';
@@ -88,11 +88,10 @@ export interface RequestOutcome {
 }
 
 const EMPTY = new Uint8Array(0);
-const ERROR_PAGE = Buffer.from(
-  '<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head><body>\n' +
-    '<h1>Internal Server Error</h1>\n<p>The server encountered an internal error and was unable to complete your request.</p>\n' +
-    '</body></html>\n',
-);
+const errorPage = (title: string, text: string) =>
+  Buffer.from(`<!DOCTYPE html>\n<html><head><title>${title}</title></head><body>\n<h1>${title.slice(4)}</h1>\n<p>${text}</p>\n</body></html>\n`);
+const ERROR_PAGE = errorPage('500 Internal Server Error', 'The server encountered an internal error and was unable to complete your request.');
+const BAD_REQUEST_PAGE = errorPage('400 Bad Request', 'The server could not understand the request.');
 
 /** Runs one request. Never rejects: every failure becomes an outcome, a log entry and a sink call. */
 export function runRequest(provider: AppProvider, req: GatewayRequest, sink: ResponseSink, server: ServerContext): Promise<RequestOutcome> {
@@ -118,7 +117,7 @@ export function buildEnviron(req: GatewayRequest, server: ServerContext, input: 
 export function contentLengthOf(environ: Record<string, unknown>): number | null {
   const v = environ.CONTENT_LENGTH;
   if (v === undefined || v === '') return null;
-  if (typeof v !== 'string' || !/^[0-9]{1,15}$/.test(v)) throw new BodyReadError(`malformed CONTENT_LENGTH ${JSON.stringify(v)}`);
+  if (typeof v !== 'string' || !/^[0-9]{1,15}$/.test(v)) throw new BadRequest(`malformed CONTENT_LENGTH ${JSON.stringify(v)}`);
   return Number(v);
 }
 
@@ -140,6 +139,7 @@ class RequestRun {
   private iterationDone = false;
   private closed = false;
   private readonly headRequest: boolean;
+  private errors: ErrorsStream | null = null;
 
   constructor(
     private readonly provider: AppProvider,
@@ -158,23 +158,34 @@ class RequestRun {
         onFirstRead: this.req.onContinue,
       });
       this.environ = buildEnviron(this.req, this.server, input);
+      this.errors = this.environ['tsgi.errors'] as ErrorsStream;
       const app = this.provider.resolve();
       let result: unknown = this.invoke(app);
       if (isThenable(result)) {
         // Whatever a late promise resolves to still gets closed if we gave up on it.
         const late = result;
-        result = await this.untilAborted(late, () => late.then((b) => this.closeLate(b), () => undefined));
+        result = await this.untilAborted(late, () =>
+          late.then(
+            (b) => this.closeLate(b),
+            (e) => this.server.log.log('error', `the application failed after its client left (${this.provider.label}):\n${stackOf(e)}`),
+          ),
+        );
       }
       this.result = result;
       await this.sendBody(checkBody(result));
       if (this.pending) await this.untilAborted(this.pending);
       if (!this.statusLine) throw new SpecViolation('the application returned without calling startResponse()');
-      if (!this.headSent) this.sendHead();
-      if (this.declaredLength !== null && !this.bodyless && this.bytes < this.declaredLength) {
+      // Checked before the head goes out, so a short body with nothing sent yet is a clean 500.
+      const bodyless = this.headSent ? this.bodyless : this.headRequest || statusForbidsBody(this.code);
+      if (this.declaredLength !== null && !bodyless && this.bytes < this.declaredLength) {
         throw new SpecViolation(`the application declared Content-Length: ${this.declaredLength} but sent only ${this.bytes} bytes`);
       }
+      if (!this.headSent) this.sendHead();
       this.finished = true;
       await this.close(true);
+      // A client that left while close() ran did not get a complete response.
+      if (this.req.signal.aborted) throw this.abortReason();
+      this.errors?.flush();
       await this.sink.end();
       return { state: 'complete', code: this.sentCode, bytes: this.bytes };
     } catch (err) {
@@ -337,31 +348,25 @@ class RequestRun {
     const error = err instanceof Error ? err : new Error(`non-Error thrown: ${describe(err)}`);
     const where = `${this.req.environ.REQUEST_METHOD ?? '?'} ${this.req.environ.REQUEST_URI ?? ''} (${this.provider.label})`;
     await this.close(false);
+    this.errors?.flush();
     if (this.req.signal.aborted || error instanceof RequestAborted) {
-      this.server.log.log('info', `request aborted: ${where}: ${error.message}; ${this.bytes} body bytes had been sent`);
+      // The abort explains a RequestAborted or a failed body read; any other error is the
+      // application's own and keeps its stack in the log.
+      const own = !(error instanceof RequestAborted) && !(error instanceof BodyReadError);
+      this.server.log.log(
+        own ? 'error' : 'info',
+        `request aborted: ${where}: ${own ? stackOf(error) : error.message}; ${this.bytes} body bytes had been sent`,
+      );
       this.sink.abort(error);
       return { state: 'client-gone', code: this.sentCode, bytes: this.bytes };
     }
+    if (error instanceof BadRequest && !this.headSent) {
+      this.server.log.log('info', `bad request, 400 sent: ${where}: ${error.message}`);
+      return this.errorResponse(400, 'Bad Request', BAD_REQUEST_PAGE, error);
+    }
     if (!this.headSent) {
       this.server.log.log('error', `application error before the response started, 500 sent: ${where}\n${stackOf(error)}`);
-      try {
-        this.sink.head({
-          status: '500 Internal Server Error',
-          code: 500,
-          reason: 'Internal Server Error',
-          headers: [
-            ['Content-Type', 'text/html; charset=utf-8'],
-            ['Content-Length', String(ERROR_PAGE.byteLength)],
-          ],
-          contentLength: ERROR_PAGE.byteLength,
-          bodyless: this.headRequest,
-        });
-        if (!this.headRequest) await this.sink.body(ERROR_PAGE);
-        await this.sink.end();
-      } catch (sinkErr) {
-        this.sink.abort(sinkErr instanceof Error ? sinkErr : error);
-      }
-      return { state: 'error', code: 500, bytes: 0 };
+      return this.errorResponse(500, 'Internal Server Error', ERROR_PAGE, error);
     }
     this.server.log.log(
       'error',
@@ -369,6 +374,28 @@ class RequestRun {
     );
     this.sink.abort(error);
     return { state: 'aborted', code: this.sentCode, bytes: this.bytes };
+  }
+
+  /** Sends a server-made error response (the application's head was never sent). */
+  private async errorResponse(code: number, reason: string, page: Buffer, error: Error): Promise<RequestOutcome> {
+    try {
+      this.sink.head({
+        status: `${code} ${reason}`,
+        code,
+        reason,
+        headers: [
+          ['Content-Type', 'text/html; charset=utf-8'],
+          ['Content-Length', String(page.byteLength)],
+        ],
+        contentLength: page.byteLength,
+        bodyless: this.headRequest,
+      });
+      if (!this.headRequest) await this.sink.body(page);
+      await this.sink.end();
+    } catch (sinkErr) {
+      this.sink.abort(sinkErr instanceof Error ? sinkErr : error);
+    }
+    return { state: 'error', code, bytes: 0 };
   }
 
   /**

@@ -61,12 +61,15 @@ async function handleRequest(
 ): Promise<void> {
   const started = new Date();
   const rawTarget = req.url ?? '/';
-  const { path, query } = splitTarget(rawTarget);
+  // RFC 9112 §3.2.2: a server must accept the absolute form (what proxies send).
+  const { path, query } = splitTarget(/^https?:\/\//i.test(rawTarget) ? rawTarget.replace(/^https?:\/\/[^/?#]*/i, '') || '/' : rawTarget);
   const decoded = decodePath(path);
-  const mapped = decoded === null ? null : mapMount(decoded, options.mountPoint ?? '');
   if (decoded === null || !path.startsWith('/') || decoded.includes('\0')) {
     return plainResponse(req, res, 400, 'Bad Request', options, started);
   }
+  // Apache's default (AllowEncodedSlashes Off): an encoded slash is refused with 404.
+  if (/%2f/i.test(path)) return plainResponse(req, res, 404, 'Not Found', options, started);
+  const mapped = mapMount(decoded, options.mountPoint ?? '');
   if (mapped === null) return plainResponse(req, res, 404, 'Not Found', options, started);
 
   const local = req.socket.address() as AddressInfo;
@@ -85,7 +88,7 @@ async function handleRequest(
     REMOTE_ADDR: req.socket.remoteAddress ?? '',
     REMOTE_PORT: String(req.socket.remotePort ?? ''),
   };
-  addHeaderVariables(environ, req.rawHeaders, { passAuthorization: options.passAuthorization });
+  addHeaderVariables(environ, req.rawHeaders, { passAuthorization: options.passAuthorization, latin1Values: true });
   const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
 
   const controller = new AbortController();

@@ -9,7 +9,7 @@ import { mkdtempSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { request, requestAndDisconnect } from '../harness/http';
+import { parseRawResponse, rawRequest, request, requestAndDisconnect } from '../harness/http';
 import { startServe, serveFailure, ROOT, type ServeInstance } from '../helpers/serve';
 
 const example = (name: string) => join(ROOT, 'examples', name);
@@ -181,6 +181,47 @@ describe('bad applications get defined outcomes and the server keeps serving', (
     expect(r.status).toBe(200);
     expect(r.headers['content-length']).toBe('3');
     expect(r.body.byteLength).toBe(0);
+  });
+});
+
+describe('request targets and header values', () => {
+  let s: ServeInstance;
+  beforeAll(async () => {
+    s = await startServe(fixture('environ.tsgi'));
+  });
+  afterAll(async () => {
+    await s.stop();
+  });
+  const environOf = async (raw: string) => {
+    return parseRawResponse(await rawRequest(s.port, raw));
+  };
+
+  it('an encoded slash is refused with 404, as Apache does by default', async () => {
+    expect((await request(s.url('/a%2Fb'))).status).toBe(404);
+  });
+
+  it('an absolute-form target is accepted (RFC 9112 §3.2.2)', async () => {
+    const r = await environOf('GET http://example.test/abs/path?q=1 HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n');
+    expect(r.status).toBe(200);
+    const env = JSON.parse(r.body.toString());
+    expect(env.PATH_INFO).toBe('/abs/path');
+    expect(env.QUERY_STRING).toBe('q=1');
+    expect(env.REQUEST_URI).toBe('http://example.test/abs/path?q=1');
+  });
+
+  it('header values are UTF-8 strings; REQUEST_URI stays raw; PATH_INFO is decoded', async () => {
+    const r = await request(s.url('/caf%C3%A9?x=%20'), { headers: ['Host', '127.0.0.1', 'X-Name', Buffer.from('Zoë', 'utf8').toString('latin1'), 'X_Spoofed', 'evil'] });
+    const env = JSON.parse(r.body.toString());
+    expect(env.HTTP_X_NAME).toBe('Zoë');
+    expect(env.HTTP_X_SPOOFED).toBeUndefined();
+    expect(env.PATH_INFO).toBe('/café');
+    expect(env.REQUEST_URI).toBe('/caf%C3%A9?x=%20');
+    expect(env['tsgi.version']).toEqual([1, 0]);
+    expect(env['tsgi.multithread']).toBe(true);
+  });
+
+  it('a malformed percent escape is a 400', async () => {
+    expect((await request(s.url('/bad%zz'))).status).toBe(400);
   });
 });
 

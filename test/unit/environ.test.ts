@@ -83,3 +83,11 @@ describe('addHeaderVariables', () => {
     expect(env(['Accept', 'a', 'accept', 'b', 'Cookie', 'x=1', 'Cookie', 'y=2'])).toEqual({ HTTP_ACCEPT: 'a, b', HTTP_COOKIE: 'x=1; y=2' });
   });
 });
+
+describe('header values from node:http', () => {
+  it('are re-decoded from Latin-1 octets to UTF-8 when asked', () => {
+    const e: Record<string, unknown> = {};
+    addHeaderVariables(e, ['X-Name', Buffer.from('Zoë', 'utf8').toString('latin1')], { latin1Values: true });
+    expect(e.HTTP_X_NAME).toBe('Zoë');
+  });
+});

@@ -580,3 +580,63 @@ describe('Array bodies are checked whole (§6)', () => {
     expect(r.logs[0].message).toMatch(/got number 42/);
   });
 });
+
+describe('server-side request faults and edge rules', () => {
+  it('status codes outside 200–599 are refused', async () => {
+    const r = await runApp((e, sr) => (sr('600 Custom', [['Content-Type', 'text/plain']]), []));
+    expect(r.head?.code).toBe(500);
+    expect(r.logs[0].message).toMatch(/status must be "NNN Reason"/);
+  });
+
+  it('a malformed CONTENT_LENGTH is the client\'s fault: 400, logged at info', async () => {
+    let called = false;
+    const r = await runApp(() => ((called = true), []), { method: 'POST', headers: { 'Content-Length': '12x' } });
+    expect(r.head?.code).toBe(400);
+    expect(called).toBe(false);
+    expect(r.logs).toEqual([{ level: 'info', message: expect.stringMatching(/bad request, 400 sent: .*malformed CONTENT_LENGTH "12x"/) }]);
+  });
+
+  it('a declared length with nothing sent is a clean 500, not an aborted 200', async () => {
+    const r = await runApp(function* (e, sr) {
+      sr('200 OK', [['Content-Type', 'text/plain'], ['Content-Length', '4']]);
+    });
+    expect(r.head?.code).toBe(500);
+    expect(r.ended).toBe(true);
+  });
+
+  it('a partial tsgi.errors line is flushed at the end of the request', async () => {
+    const r = await runApp((e, sr) => {
+      e['tsgi.errors'].write('no newline at the end');
+      sr('200 OK', [['Content-Type', 'text/plain']]);
+      return [];
+    });
+    expect(r.logs).toEqual([{ level: 'error', message: 'no newline at the end' }]);
+  });
+
+  it('a client that leaves while close() runs does not count as complete', async () => {
+    const controller = new AbortController();
+    const r = await runApp(
+      (e, sr) => {
+        sr('200 OK', [['Content-Type', 'text/plain']]);
+        return Object.assign(['x'], { close: () => new Promise<void>(() => setTimeout(() => controller.abort(), 5)) });
+      },
+      { signal: controller.signal },
+    );
+    expect(r.outcome.state).toBe('client-gone');
+    expect(r.ended).toBe(false);
+  });
+
+  it('an application error while the client is gone keeps its stack in the log', async () => {
+    const controller = new AbortController();
+    const r = await runApp(
+      async (e) => {
+        controller.abort();
+        throw new Error('own failure');
+      },
+      { signal: controller.signal },
+    );
+    expect(r.outcome.state).toBe('client-gone');
+    await new Promise((res) => setTimeout(res, 5));
+    expect(r.logs.filter((l) => l.level === 'error').map((l) => l.message)).toEqual([expect.stringMatching(/own failure\n\s+at /)]);
+  });
+});

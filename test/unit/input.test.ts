@@ -109,9 +109,9 @@ describe('tsgi.input', () => {
     expect(r.text).toBe('abcdefg');
   });
 
-  it('through the gateway: a malformed CONTENT_LENGTH is a 500 naming it', async () => {
+  it('through the gateway: a malformed CONTENT_LENGTH is a 400 naming it', async () => {
     const r = await runApp((e, sr) => (sr('200 OK', [['Content-Type', 'text/plain']]), []), { method: 'POST', headers: { 'Content-Length': 'abc' } });
-    expect(r.head?.code).toBe(500);
+    expect(r.head?.code).toBe(400);
     expect(r.logs[0].message).toMatch(/malformed CONTENT_LENGTH "abc"/);
   });
 });

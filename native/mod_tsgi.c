@@ -707,8 +707,7 @@ static apr_table_t *tsgi_build_environ(request_rec *r, tsgi_request_t *req, cons
             continue;
         name = tsgi_http2env(r->pool, key);
         if (!name) {
-            ap_log_rerror(APLOG_MARK, APLOG_TRACE1, 0, r, "not passing header with invalid name: %s",
-                          ap_escape_logitem(r->pool, key));
+            ap_log_rerror(APLOG_MARK, APLOG_TRACE1, 0, r, "not passing header with invalid name: %s", key);
             continue;
         }
         apr_table_mergen(e, name, hdrs[i].val);
@@ -813,9 +812,10 @@ static int tsgi_handler(request_rec *r)
         const apr_array_header_t *arr = apr_table_elts(environ);
         const apr_table_entry_t *ent = (const apr_table_entry_t *)arr->elts;
         int i;
+        ap_log_rerror(APLOG_MARK, APLOG_TRACE2, 0, r, "environ tsgi.url_scheme=%s", url_scheme);
         for (i = 0; i < arr->nelts; i++) {
-            ap_log_rerror(APLOG_MARK, APLOG_TRACE2, 0, r, "environ %s=%s", ent[i].key,
-                          ap_escape_logitem(r->pool, ent[i].val));
+            /* The error log escapes non-printable bytes itself. */
+            ap_log_rerror(APLOG_MARK, APLOG_TRACE2, 0, r, "environ %s=%s", ent[i].key, ent[i].val);
         }
     }
 

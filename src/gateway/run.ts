@@ -167,7 +167,9 @@ class RequestRun {
         result = await this.untilAborted(late, () =>
           late.then(
             (b) => this.closeLate(b),
-            (e) => this.server.log.log('error', `the application failed after its client left (${this.provider.label}):\n${stackOf(e)}`),
+            (e) => {
+              if (!abortDerived(e)) this.server.log.log('error', `the application failed after its client left (${this.provider.label}):\n${stackOf(e)}`);
+            },
           ),
         );
       }
@@ -352,7 +354,7 @@ class RequestRun {
     if (this.req.signal.aborted || error instanceof RequestAborted) {
       // The abort explains a RequestAborted or a failed body read; any other error is the
       // application's own and keeps its stack in the log.
-      const own = !(error instanceof RequestAborted) && !(error instanceof BodyReadError);
+      const own = !abortDerived(error);
       this.server.log.log(
         own ? 'error' : 'info',
         `request aborted: ${where}: ${own ? stackOf(error) : error.message}; ${this.bytes} body bytes had been sent`,
@@ -469,6 +471,15 @@ function toBytes(chunk: unknown, what: string): Uint8Array {
   throw new SpecViolation(`${what} must be a Uint8Array or a string, got ${describe(chunk)}`);
 }
 
+
+/**
+ * Errors that only say "the request was aborted": ours, a body read that failed because
+ * of it, and AbortError, what AbortSignal-aware APIs (timers/promises, fetch, streams)
+ * reject with when the app passed them tsgi.signal.
+ */
+function abortDerived(e: unknown): boolean {
+  return e instanceof RequestAborted || e instanceof BodyReadError || (e instanceof Error && e.name === 'AbortError');
+}
 
 function stackOf(e: unknown): string {
   if (e instanceof Error) {

@@ -62,7 +62,8 @@ async function handleRequest(
   const started = new Date();
   const rawTarget = req.url ?? '/';
   // RFC 9112 §3.2.2: a server must accept the absolute form (what proxies send).
-  const { path, query } = splitTarget(/^https?:\/\//i.test(rawTarget) ? rawTarget.replace(/^https?:\/\/[^/?#]*/i, '') || '/' : rawTarget);
+  const originForm = /^https?:\/\//i.test(rawTarget) ? rawTarget.replace(/^https?:\/\/[^/?#]*/i, '').replace(/^(?!\/)/, '/') : rawTarget;
+  const { path, query } = splitTarget(originForm);
   const decoded = decodePath(path);
   if (decoded === null || !path.startsWith('/') || decoded.includes('\0')) {
     return plainResponse(req, res, 400, 'Bad Request', options, started);

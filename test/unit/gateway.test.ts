@@ -640,3 +640,23 @@ describe('server-side request faults and edge rules', () => {
     expect(r.logs.filter((l) => l.level === 'error').map((l) => l.message)).toEqual([expect.stringMatching(/own failure\n\s+at /)]);
   });
 });
+
+describe('abort-derived errors', () => {
+  it('an AbortError from a signal-aware API after the client left is logged at info, without a stack', async () => {
+    const controller = new AbortController();
+    const { setTimeout: sleep } = await import('node:timers/promises');
+    const run = runApp(
+      async (e, sr) => {
+        await sleep(10_000, undefined, { signal: e['tsgi.signal'] });
+        sr('200 OK', [['Content-Type', 'text/plain']]);
+        return [];
+      },
+      { signal: controller.signal },
+    );
+    setTimeout(() => controller.abort(), 5);
+    const r = await run;
+    await new Promise((res) => setTimeout(res, 5));
+    expect(r.outcome.state).toBe('client-gone');
+    expect(r.logs.map((l) => l.level)).not.toContain('error');
+  });
+});

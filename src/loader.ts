@@ -21,7 +21,7 @@ import { closeSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, rea
 import Module from 'node:module';
 import { tmpdir } from 'node:os';
 import { compileFunction } from 'node:vm';
-import { dirname, join, resolve as resolvePath, sep } from 'node:path';
+import { join, resolve as resolvePath, sep } from 'node:path';
 import type { AppProvider } from './gateway/run';
 import type { ErrorLog } from './gateway/log';
 import type { Application } from './tsgi';
@@ -438,9 +438,4 @@ class TranspileCache {
     this.warned = true;
     (this.log ?? { log: (_l: string, m: string) => process.stderr.write(`[tsgi:warn] ${m}\n`) }).log('warn', message);
   }
-}
-
-/** The directory a script lives in (for servers that chdir there, as CGI does). */
-export function scriptDirectory(scriptPath: string): string {
-  return dirname(resolvePath(scriptPath));
 }

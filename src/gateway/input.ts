@@ -38,11 +38,6 @@ export class RequestInput implements InputStream {
     if (this.remaining === 0) this.done = true;
   }
 
-  /** Bytes of body not yet delivered to the application (Infinity when the length is unknown). */
-  get unread(): number {
-    return this.done ? 0 : this.remaining;
-  }
-
   async read(size?: number): Promise<Uint8Array> {
     if (size === undefined || size === null || size < 0) return this.readAll();
     if (!Number.isInteger(size)) throw new TypeError(`tsgi.input.read(size): size must be an integer, got ${size}`);

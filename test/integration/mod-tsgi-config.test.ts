@@ -1,7 +1,8 @@
 /**
  * mod_tsgi's directives under a real, private Apache: each mistake fails `apache2 -t`
  * with the file, the line and a reason naming the directive and the bad value; valid
- * configurations pass, and the module loads under the event, worker and prefork MPMs.
+ * configurations pass, and the module loads and serves a .tsgi app in embedded mode
+ * under the event, worker and prefork MPMs.
  */
 import { describe, it, expect, beforeAll } from 'vitest';
 import { configtest, startApache, type Mpm } from '../harness/apache';
@@ -148,7 +149,7 @@ describe('configtest: valid configurations', () => {
   });
 });
 
-describe('the module loads under every MPM', () => {
+describe('the module loads and serves hello.tsgi (embedded) under every MPM', () => {
   const mpms: Mpm[] = ['event', 'worker', 'prefork'];
   for (const mpm of mpms) {
     it(mpm, async () => {
@@ -157,15 +158,22 @@ describe('the module loads under every MPM', () => {
         modules: [MOD_TSGI],
         config: `TSGIScriptAlias /hello ${APP}\nHeader always set X-Tsgi-Script-Name "%{mod_tsgi.script_name}e" env=mod_tsgi.script_name`,
       });
+      let stopped = false;
       try {
         const r = await request(apache.url('/hello/x'));
-        // No embedded runtime in this build: a clear 503, never a pretend answer.
-        expect(r.status).toBe(503);
+        expect(r.status).toBe(200);
+        expect(r.text).toBe('Hello World!\n');
+        expect(r.headers['content-type']).toBe('text/plain; charset=utf-8');
         expect(r.headers['x-tsgi-script-name']).toBe('/hello');
-        await apache.waitForLog(/TSGI0100: embedded runtime not available in this build: cannot run .*hello\.tsgi/);
-        expect(apache.errorLog()).toMatch(/Apache\/[\d.]+ \(Debian\) mod_tsgi\/\d+\.\d+\.\d+ configured/);
+        expect(r.headers['server']).toMatch(/mod_tsgi\/\d+\.\d+\.\d+/);
+        expect(apache.errorLog()).toMatch(/TSGI0120: embedded runtime ready \(Node 18\.\d+\.\d+/);
+        // Node in every child, and a clean stop: nothing left for SIGKILL.
+        const { killed } = await apache.stop();
+        stopped = true;
+        expect(killed).toEqual([]);
+        expect(apache.errorLog()).not.toMatch(/:(emerg|alert|crit)\]|Segmentation|SIGKILL|TSGI0123/);
       } finally {
-        await apache.stop();
+        if (!stopped) await apache.stop();
       }
     });
   }

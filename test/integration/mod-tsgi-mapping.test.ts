@@ -4,21 +4,32 @@
  * computes them), the application group and per-directory settings, and the CGI environ
  * the handler builds.
  *
- * How the values are observed: the module publishes the mapping in r->subprocess_env
- * (mod_tsgi.script_name, mod_tsgi.path_info, ...; the same keys the app's environ
- * carries) from its fixups hook, and mod_headers copies them into response headers. The
- * full environ is logged at `LogLevel tsgi:trace2`. Until the embedded runtime exists,
- * the handler answers a mapped request with 503; these tests look only at the mapping.
+ * Each mapped URL runs a real .tsgi app in the embedded runtime that reports its environ
+ * as JSON. The module also publishes the mapping in r->subprocess_env (mod_tsgi.*, the
+ * same keys the app's environ carries) from its fixups hook, which mod_headers copies
+ * into response headers; the tests check that both agree, and use the headers where no
+ * app runs (404s).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startApache, type ApacheInstance } from '../harness/apache';
 import { request, type HttpResponse } from '../harness/http';
 import { ensureModTsgi, MOD_TSGI } from '../helpers/mod-tsgi';
 import { ROOT } from '../helpers/serve';
 
-const REST = readFileSync(join(ROOT, 'examples', 'rest.tsgi'), 'utf8');
+// Reports its environ as JSON (strings, booleans and arrays as they are, other values by
+// type), plus what process.env says about a SetEnv variable and the request body.
+const ENV_APP = `
+export const application = async (environ: any, startResponse: any) => {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(environ)) out[k] = typeof v === 'string' || typeof v === 'boolean' || Array.isArray(v) ? v : '<' + typeof v + '>';
+  out['process.env.MY_VAR'] = process.env.MY_VAR ?? null;
+  out['body'] = Buffer.from(await environ['tsgi.input'].read()).toString('utf8');
+  startResponse('200 OK', [['Content-Type', 'application/json']]);
+  return [JSON.stringify(out)];
+};
+`;
+const REST = ENV_APP;
 
 let apache: ApacheInstance;
 
@@ -26,14 +37,14 @@ beforeAll(async () => {
   ensureModTsgi();
   apache = await startApache({
     modules: [MOD_TSGI],
-    logLevel: 'info tsgi:trace2',
     files: {
       'apps/rest.tsgi': REST,
       'apps/app.tsgi': REST,
       'apps/handler.tsgi': REST,
-      'apps/scripts/foo': REST,
-      'apps/scripts/foo.tsgi': REST,
-      'apps/scripts/sub/index.tsgi': REST,
+      // TSGICallableObject handler in <Directory apps/scripts>
+      'apps/scripts/foo.tsgi': REST.replace('export const application', 'export const handler'),
+      'apps/scripts/sub/index.tsgi': REST.replace('export const application', 'export const handler'),
+      'apps/opts.tsgi': REST.replace('export const application', 'export const app2'),
       'static/file.txt': 'static file\n',
     },
     config: ({ root, port }) => `
@@ -51,7 +62,7 @@ TSGIScriptAlias /dir-no-slash ${root}/apps/scripts/
 TSGIScriptAliasMatch ^/wsgi-scripts/([^/]+) ${root}/apps/scripts/$1.tsgi
 TSGIScriptAliasMatch "^/(admin|files)" ${root}/apps/handler.tsgi/$1
 TSGIScriptAlias /missing ${root}/apps/missing.tsgi
-TSGIScriptAlias /opts ${root}/apps/rest.tsgi application-group=shared callable-object=app2
+TSGIScriptAlias /opts ${root}/apps/opts.tsgi application-group=shared callable-object=app2
 TSGIScriptAlias /auth ${root}/apps/rest.tsgi pass-authorization=On
 TSGIScriptAlias /secure ${root}/apps/rest.tsgi
 TSGIScriptAlias /global ${root}/apps/rest.tsgi application-group=%{GLOBAL}
@@ -110,43 +121,42 @@ interface Row {
   status: number;
 }
 
-// The golden table (shared/reference/mod_wsgi.md §3.2 and DESIGN.md §4). 503: mapped to
-// an existing script, which this build cannot run yet.
+// The golden table (shared/reference/mod_wsgi.md §3.2 and DESIGN.md §4).
 const GOLDEN: Row[] = [
   // TSGIScriptAlias /rest .../rest.tsgi (a file)
-  { path: '/rest', scriptName: '/rest', pathInfo: '', status: 503 },
-  { path: '/rest/', scriptName: '/rest', pathInfo: '/', status: 503 },
-  { path: '/rest/a/b?x=1', scriptName: '/rest', pathInfo: '/a/b', status: 503 },
-  { path: '/rest//a///b', scriptName: '/rest', pathInfo: '/a/b', status: 503 },
-  { path: '//rest/a', scriptName: '/rest', pathInfo: '/a', status: 503 },
+  { path: '/rest', scriptName: '/rest', pathInfo: '', status: 200 },
+  { path: '/rest/', scriptName: '/rest', pathInfo: '/', status: 200 },
+  { path: '/rest/a/b?x=1', scriptName: '/rest', pathInfo: '/a/b', status: 200 },
+  { path: '/rest//a///b', scriptName: '/rest', pathInfo: '/a/b', status: 200 },
+  { path: '//rest/a', scriptName: '/rest', pathInfo: '/a', status: 200 },
   { path: '/restful', status: 404 },
-  { path: '/rest/caf%C3%A9', scriptName: '/rest', pathInfo: '/café', status: 503 },
-  { path: '/rest/a%20b/c%3Fd', scriptName: '/rest', pathInfo: '/a b/c?d', status: 503 },
-  { path: '/rest/./x/../y', scriptName: '/rest', pathInfo: '/y', status: 503 },
+  { path: '/rest/caf%C3%A9', scriptName: '/rest', pathInfo: '/café', status: 200 },
+  { path: '/rest/a%20b/c%3Fd', scriptName: '/rest', pathInfo: '/a b/c?d', status: 200 },
+  { path: '/rest/./x/../y', scriptName: '/rest', pathInfo: '/y', status: 200 },
   // %2F is refused by Apache before any mapping (AllowEncodedSlashes Off).
   { path: '/rest/a%2Fb', status: 404 },
   // MergeSlashes Off: the walk and ap_find_path_info still give mod_wsgi's split, then
   // the duplicate slashes collapse.
-  { host: 'noslash.test', path: '/rest//a///b', scriptName: '/rest', pathInfo: '/a/b', status: 503 },
-  { host: 'noslash.test', path: '//rest/a', scriptName: '/rest', pathInfo: '/a', status: 503 },
-  { host: 'noslash.test', path: '/rest/', scriptName: '/rest', pathInfo: '/', status: 503 },
+  { host: 'noslash.test', path: '/rest//a///b', scriptName: '/rest', pathInfo: '/a/b', status: 200 },
+  { host: 'noslash.test', path: '//rest/a', scriptName: '/rest', pathInfo: '/a', status: 200 },
+  { host: 'noslash.test', path: '/rest/', scriptName: '/rest', pathInfo: '/', status: 200 },
   // The root mount: SCRIPT_NAME is never "/".
-  { host: 'root.test', path: '/', scriptName: '', pathInfo: '/', status: 503 },
-  { host: 'root.test', path: '/x/y', scriptName: '', pathInfo: '/x/y', status: 503 },
-  { host: 'root.test', path: '/rest/a', scriptName: '', pathInfo: '/rest/a', status: 503 },
+  { host: 'root.test', path: '/', scriptName: '', pathInfo: '/', status: 200 },
+  { host: 'root.test', path: '/x/y', scriptName: '', pathInfo: '/x/y', status: 200 },
+  { host: 'root.test', path: '/rest/a', scriptName: '', pathInfo: '/rest/a', status: 200 },
   // Directory form: the next path segment names the script; the file system decides the split.
-  { path: '/wsgi/foo/bar', scriptName: '/wsgi/foo', pathInfo: '/bar', status: 503 },
-  { path: '/wsgi/foo', scriptName: '/wsgi/foo', pathInfo: '', status: 503 },
-  { path: '/wsgi/sub/index.tsgi/p', scriptName: '/wsgi/sub/index.tsgi', pathInfo: '/p', status: 503 },
+  { path: '/wsgi/foo.tsgi/bar', scriptName: '/wsgi/foo.tsgi', pathInfo: '/bar', status: 200 },
+  { path: '/wsgi/foo.tsgi', scriptName: '/wsgi/foo.tsgi', pathInfo: '', status: 200 },
+  { path: '/wsgi/sub/index.tsgi/p', scriptName: '/wsgi/sub/index.tsgi', pathInfo: '/p', status: 200 },
   // A name that does not exist: the walk stops there (Apache's split), then 404.
   { path: '/wsgi/nothere/x', scriptName: '/wsgi/nothere', pathInfo: '/x', status: 404 },
-  { path: '/dir-no-slash/foo/bar', scriptName: '/dir-no-slash/foo', pathInfo: '/bar', status: 503 },
+  { path: '/dir-no-slash/foo.tsgi/bar', scriptName: '/dir-no-slash/foo.tsgi', pathInfo: '/bar', status: 200 },
   // TSGIScriptAliasMatch: the match's end offset ends SCRIPT_NAME.
-  { path: '/wsgi-scripts/foo/bar', scriptName: '/wsgi-scripts/foo', pathInfo: '/bar', status: 503 },
-  { path: '/wsgi-scripts/foo', scriptName: '/wsgi-scripts/foo', pathInfo: '', status: 503 },
+  { path: '/wsgi-scripts/foo/bar', scriptName: '/wsgi-scripts/foo', pathInfo: '/bar', status: 200 },
+  { path: '/wsgi-scripts/foo', scriptName: '/wsgi-scripts/foo', pathInfo: '', status: 200 },
   // ... and a target behind the script keeps the prefix in PATH_INFO (mod_wsgi PR #797).
-  { path: '/admin/x', scriptName: '', pathInfo: '/admin/x', status: 503 },
-  { path: '/files', scriptName: '', pathInfo: '/files', status: 503 },
+  { path: '/admin/x', scriptName: '', pathInfo: '/admin/x', status: 200 },
+  { path: '/files', scriptName: '', pathInfo: '/files', status: 200 },
   // A script that does not exist: mapped, then 404.
   { path: '/missing/x', scriptName: '/missing', pathInfo: '/x', status: 404 },
 ];
@@ -159,6 +169,13 @@ describe('SCRIPT_NAME / PATH_INFO golden table', () => {
       expect(r.status).toBe(row.status);
       expect(header(r, 'X-Tsgi-Script-Name')).toBe(row.scriptName);
       expect(header(r, 'X-Tsgi-Path-Info')).toBe(row.pathInfo);
+      if (row.status === 200) {
+        // What the application itself was given.
+        const env = JSON.parse(r.text) as Record<string, string>;
+        expect(env.SCRIPT_NAME).toBe(row.scriptName);
+        expect(env.PATH_INFO).toBe(row.pathInfo);
+        expect(env['mod_tsgi.script_name']).toBe(row.scriptName);
+      }
     });
   }
 });
@@ -183,12 +200,6 @@ describe('mapping around other modules', () => {
     expect((await get('/missing')).status).toBe(404);
     await apache.waitForLog(/TSGI0004: Target TSGI script not found or unable to stat: .*apps\/missing\.tsgi/, 5000, mark);
   });
-
-  it('no runtime: 503 and one clear log line naming the script', async () => {
-    const mark = apache.logMark();
-    expect((await get('/rest/x')).status).toBe(503);
-    await apache.waitForLog(/\[tsgi:error\].*TSGI0100: embedded runtime not available in this build: cannot run .*apps\/rest\.tsgi/, 5000, mark);
-  });
 });
 
 describe('application group, callable object, reloading', () => {
@@ -203,12 +214,15 @@ describe('application group, callable object, reloading', () => {
     { name: '%{GLOBAL}', path: '/global', group: () => '' },
     { name: '%{SERVER}', path: '/server', group: () => `127.0.0.1:${port()}` },
     { name: '%{ENV:APP_GROUP} from SetEnv', path: '/envgroup', group: () => 'from-env' },
-    { name: '<Directory> settings', path: '/wsgi/foo/bar', group: () => 'scripts-group', callable: 'handler', reloading: '0' },
+    { name: '<Directory> settings', path: '/wsgi/foo.tsgi/bar', group: () => 'scripts-group', callable: 'handler', reloading: '0' },
   ];
   for (const c of cases) {
     it(c.name, async () => {
       const r = await get(c.path, c.host?.replace('PORT', String(port())));
-      expect(r.status).toBe(503);
+      expect(r.status).toBe(200);
+      const env = JSON.parse(r.text) as Record<string, string>;
+      expect(env['mod_tsgi.application_group']).toBe(c.group());
+      expect(env['mod_tsgi.process_group']).toBe('');
       expect(header(r, 'X-Tsgi-Application-Group')).toBe(c.group());
       expect(header(r, 'X-Tsgi-Callable-Object')).toBe(c.callable ?? 'application');
       expect(header(r, 'X-Tsgi-Script-Reloading')).toBe(c.reloading ?? '1');
@@ -217,18 +231,13 @@ describe('application group, callable object, reloading', () => {
   }
 });
 
-/** The environ the handler built for one request, from its trace2 log lines. */
-async function environOf(path: string, opts: Parameters<typeof request>[1] = {}): Promise<Map<string, string>> {
-  const mark = apache.logMark();
+/** The environ the application was given, as it reported it. */
+async function environOf(path: string, opts: Parameters<typeof request>[1] = {}): Promise<Map<string, unknown>> {
   // node:http adds no Host to a flat header list; HTTP/1.1 without one is a 400.
   if (Array.isArray(opts.headers)) opts = { ...opts, headers: ['Host', `127.0.0.1:${apache.port}`, ...opts.headers] };
   const r = await request(apache.url(path), opts);
-  expect(r.status).toBe(503);
-  await apache.waitForLog(/TSGI0100/, 5000, mark);
-  const text = Buffer.from(apache.errorLog()).subarray(mark).toString('utf8');
-  const env = new Map<string, string>();
-  for (const m of text.matchAll(/\] environ ([^=\s]+)=(.*)$/gm)) env.set(m[1]!, m[2]!);
-  return env;
+  expect(r.status, r.text).toBe(200);
+  return new Map(Object.entries(JSON.parse(r.text) as Record<string, unknown>));
 }
 
 describe('the CGI environ', () => {
@@ -240,7 +249,7 @@ describe('the CGI environ', () => {
     });
     expect(env.get('REQUEST_METHOD')).toBe('POST');
     expect(env.get('SCRIPT_NAME')).toBe('/rest');
-    expect(env.get('PATH_INFO')).toBe('/caf\\xc3\\xa9'); // the log escapes non-ASCII bytes
+    expect(env.get('PATH_INFO')).toBe('/café');
     expect(env.get('REQUEST_URI')).toBe('/rest/caf%C3%A9?x=1&y=%20');
     expect(env.get('QUERY_STRING')).toBe('x=1&y=%20');
     expect(env.get('CONTENT_TYPE')).toBe('text/plain');
@@ -258,7 +267,17 @@ describe('the CGI environ', () => {
     expect(env.get('REQUEST_SCHEME')).toBe('http');
     expect(env.get('SCRIPT_FILENAME')).toBe(join(apache.root, 'apps', 'rest.tsgi'));
     expect(env.get('MY_VAR')).toBe('hello');
+    expect(env.get('process.env.MY_VAR')).toBe(null); // SetEnv never reaches process.env
+    expect(env.get('body')).toBe('hi');
     expect(env.get('tsgi.url_scheme')).toBe('http');
+    expect(env.get('tsgi.version')).toEqual([1, 0]);
+    expect(env.get('tsgi.multithread')).toBe(true);
+    expect(env.get('tsgi.multiprocess')).toBe(true);
+    expect(env.get('tsgi.run_once')).toBe(false);
+    expect(env.get('tsgi.input')).toBe('<object>');
+    expect(env.get('tsgi.errors')).toBe('<object>');
+    expect(env.get('mod_tsgi.process_group')).toBe('');
+    expect(env.get('mod_tsgi.application_group')).toBe(`127.0.0.1:${apache.port}|/rest`);
     expect(env.get('mod_tsgi.script_name')).toBe('/rest');
     for (const k of ['PATH', 'HTTPS', 'GATEWAY_INTERFACE', 'PATH_TRANSLATED', 'SERVER_SIGNATURE', 'REMOTE_HOST', 'REMOTE_IDENT']) {
       expect(env.has(k), k).toBe(false);

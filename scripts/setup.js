@@ -4,7 +4,8 @@
 //   1. npm dependencies, when node_modules is missing or older than package.json;
 //   2. the Debian packages the tests drive (real Apache and lighttpd), when missing
 //      and we are root (`--for test` only; `npm start` does not need them yet);
-//   3. the TypeScript build (dist/), when any source is newer than the last build.
+//   3. the TypeScript build (dist/), when any source is newer than the last build;
+//   4. for tests, mod_tsgi (`npm run build:native`: libnode in a private prefix, CMake).
 // Plain JavaScript with no dependencies: it runs before anything is installed.
 'use strict';
 const { execFileSync } = require('node:child_process');
@@ -78,3 +79,7 @@ if (mtime(buildStamp) < sourcesNewest) {
   run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json']);
   fs.writeFileSync(buildStamp, new Date().toISOString() + '\n');
 }
+
+// 4. The native module (build/native/mod_tsgi.so), for the mod_tsgi tests: built here so
+// a build failure shows before the tests start. Needs dist/embedded/bootstrap.js first.
+if (forTest) run('npm', ['run', 'build:native']);

@@ -73,6 +73,11 @@ function exampleChecks(server: () => { url(p: string): string; errorLog(): strin
     expect((await get('/class-app.tsgi')).body.toString()).toBe('Hello world!\n');
   });
 
+  it('a fetch-style handler through the fromFetch adapter', async () => {
+    const r = await get('/fetch-handler.tsgi/greet?name=Ada');
+    expect(r.body.toString()).toBe(`Hello Ada from ${base}/fetch-handler.tsgi/greet\n`);
+  });
+
   it('the middleware chain: the session survives across CGI processes, gzip, error page', async () => {
     const first = await get('/middleware-chain.tsgi', { 'Accept-Encoding': 'gzip' });
     expect(first.headers['content-encoding']).toBe('gzip');

@@ -76,6 +76,15 @@ describe('the seed examples through tsgi serve', () => {
     expect((await request(s.url('/'))).body.toString()).toBe('Hello world!\n');
   });
 
+  it('a fetch-style handler through the fromFetch adapter', async () => {
+    const s = await serve(example('fetch-handler.tsgi'));
+    const r = await request(s.url('/greet?name=Ada'));
+    expect(r.status).toBe(200);
+    expect(r.body.toString()).toBe('Hello Ada from /greet\n');
+    const post = await request(s.url('/'), { method: 'POST', body: Buffer.from('some posted text') });
+    expect(JSON.parse(post.body.toString())).toEqual({ received: 16, echo: 'some posted text' });
+  });
+
   it("seed 004's middleware chain: session counter, gzip, error page", async () => {
     const s = await serve(example('middleware-chain.tsgi'));
     const first = await request(s.url('/'), { headers: { 'Accept-Encoding': 'gzip' } });

@@ -20,6 +20,7 @@ import { RequestAborted } from '../gateway/errors';
 import { runRequest, type AppProvider, type RequestOutcome, type ResponseSink } from '../gateway/run';
 import { streamLog, type ErrorLog } from '../gateway/log';
 import { ScriptLoader } from '../loader';
+import { normalizeCgiEnviron, urlSchemeOf } from './protocols/cgi-vars';
 
 export interface CgiLocation {
   scriptPath: string;
@@ -68,34 +69,10 @@ export function cgiEnviron(env: NodeJS.ProcessEnv, location: CgiLocation): Recor
   for (const [k, v] of Object.entries(env)) if (typeof v === 'string') environ[k] = v;
   if (location.scriptName !== undefined) environ.SCRIPT_NAME = location.scriptName;
   if (location.pathInfo !== undefined) environ.PATH_INFO = location.pathInfo;
-  environ.REQUEST_METHOD ??= 'GET';
-  environ.SCRIPT_NAME ??= '';
-  environ.PATH_INFO ??= '';
-  environ.QUERY_STRING ??= '';
-  environ.SERVER_NAME ??= 'localhost';
-  environ.SERVER_PORT ??= '80';
-  environ.SERVER_PROTOCOL ??= 'HTTP/1.0';
-  if (environ.SCRIPT_NAME === '/') {
-    environ.SCRIPT_NAME = '';
-    environ.PATH_INFO = '/' + String(environ.PATH_INFO).replace(/^\//, '');
-  }
-  if (environ.REQUEST_URI === undefined) {
-    const q = environ.QUERY_STRING ? `?${environ.QUERY_STRING}` : '';
-    environ.REQUEST_URI = encodeURI(`${environ.SCRIPT_NAME}${environ.PATH_INFO}`) + q;
-  }
-  // httpoxy: a client-sent "Proxy:" header must never become an HTTP_PROXY setting.
-  delete environ.HTTP_PROXY;
-  // lighttpd also passes the body headers as HTTP_CONTENT_*; TSGI has them only as
-  // CONTENT_TYPE / CONTENT_LENGTH (spec §4).
-  delete environ.HTTP_CONTENT_LENGTH;
-  delete environ.HTTP_CONTENT_TYPE;
-  return environ;
+  return normalizeCgiEnviron(environ);
 }
 
-export function urlSchemeOf(env: NodeJS.ProcessEnv): 'http' | 'https' {
-  const https = (env.HTTPS ?? '').toLowerCase();
-  return https === 'on' || https === '1' || env.REQUEST_SCHEME === 'https' ? 'https' : 'http';
-}
+export { urlSchemeOf };
 
 /** Writes to stdout, waiting when the pipe is full; rejects when the web server hung up. */
 class StdoutSink implements ResponseSink {

@@ -3,9 +3,11 @@
 // both work as the first command on a fresh clone:
 //   1. npm dependencies, when node_modules is missing or older than package.json;
 //   2. the Debian packages the tests drive (real Apache and lighttpd), when missing
-//      and we are root (`--for test` only; `npm start` does not need them yet);
+//      and we are root (`--for test`; for `npm start`, step 4's setup installs apache2);
 //   3. the TypeScript build (dist/), when any source is newer than the last build;
-//   4. for tests, mod_tsgi (`npm run build:native`: libnode in a private prefix, CMake).
+//   4. for tests, mod_tsgi (`npm run build:native`: libnode in a private prefix, CMake);
+//      for `npm start` (`--for start`, which runs it under Apache), the same when
+//      build/native/mod_tsgi.so is missing or older than native/.
 // Plain JavaScript with no dependencies: it runs before anything is installed.
 'use strict';
 const { execFileSync } = require('node:child_process');
@@ -13,7 +15,9 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
-const forTest = process.argv.includes('--for') && process.argv[process.argv.indexOf('--for') + 1] === 'test';
+const forWhat = process.argv.includes('--for') ? process.argv[process.argv.indexOf('--for') + 1] : undefined;
+const forTest = forWhat === 'test';
+const forStart = forWhat === 'start';
 
 function run(cmd, args, opts = {}) {
   process.stderr.write(`setup: ${cmd} ${args.join(' ')}\n`);
@@ -83,3 +87,4 @@ if (mtime(buildStamp) < sourcesNewest) {
 // 4. The native module (build/native/mod_tsgi.so), for the mod_tsgi tests: built here so
 // a build failure shows before the tests start. Needs dist/embedded/bootstrap.js first.
 if (forTest) run('npm', ['run', 'build:native']);
+else if (forStart && mtime(path.join(root, 'build', 'native', 'mod_tsgi.so')) < newestIn(path.join(root, 'native'))) run('npm', ['run', 'build:native']);

@@ -2,7 +2,9 @@
  * The `tsgi` command. Subcommands:
  *   serve APP.tsgi [--host H] [--port N] [--reload]   the development server
  *   module-config                                      httpd.conf lines loading mod_tsgi
+ *   express start-server APP.tsgi [...]                a private Apache with mod_tsgi
  */
+import { expressCommand } from './express';
 import { moduleConfigCommand } from './module-config';
 import { serveCommand } from './serve';
 
@@ -14,6 +16,10 @@ commands:
       Runs APP.tsgi on a development HTTP server (default http://127.0.0.1:8000/).
   module-config
       Prints the httpd.conf lines that load mod_tsgi (built by \`npm run build\`).
+  express start-server APP.tsgi [--port N] [--host H] [--mode embedded]
+                       [--server-root DIR] [--log-level L]
+      Runs APP.tsgi under a private Apache with mod_tsgi in the foreground, logs on
+      the terminal (default http://127.0.0.1:8000/); Ctrl-C stops it.
 `;
 
 export async function main(argv: string[] = process.argv.slice(2)): Promise<number> {
@@ -23,6 +29,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
       return serveCommand(rest);
     case 'module-config':
       return moduleConfigCommand(rest);
+    case 'express':
+      return expressCommand(rest);
     case undefined:
     case '-h':
     case '--help':

@@ -6,20 +6,27 @@
  *                blocked (SIGCHLD unblocked on that thread only, P6); it initialises node
  *                and V8 there and runs the bootstrap (dist/embedded/bootstrap.js), which
  *                registers the request handler through the "tsgi" Node-API binding.
- *   handler      (request thread) reads the request body, copies the request into a
- *                job, posts it to the inbox and wakes the Node thread (uv_async_send);
- *                then it waits on the job's condition variable and does all Apache I/O
- *                itself: head, body chunks, end. The Node thread never touches
- *                request_rec, pools or filters.
- *   Node thread  drains the inbox, calls the JS handler for each job; JS answers through
- *                head()/write()/end(), which fill the job under its mutex and signal.
+ *   handler      (request thread) copies the request into a job, posts it to the inbox
+ *                and wakes the Node thread (uv_async_send); then it waits on the job's
+ *                condition variable and does all Apache I/O itself: the head, response
+ *                chunks (ap_rwrite + ap_rflush), and request-body reads (ap_get_brigade,
+ *                64 KB at a time, only when JS has granted credit with read()). The Node
+ *                thread never touches request_rec, pools or filters.
+ *   Node thread  drains the inbox, calls the JS handler for each job (which returns the
+ *                request's event function); JS answers through head()/write()/end()/
+ *                read(), which fill the job under its mutex and signal.
+ *   events       the request thread posts BODY (a chunk, EOF or a read failure queued),
+ *                DRAIN (the queued response went out), ABORT (client gone, body read
+ *                error, Timeout, hard stop) and DONE (it has left) to the event queue;
+ *                the Node thread calls the request's event function for them
+ *                (embedding.md §2.4). write() returns false once TSGI_HIGH_WATER bytes
+ *                are queued; DRAIN follows once they are flushed.
  *
  * An Environment that ends (process.exit(), a fatal error) fails its in-flight jobs and
  * is re-created after a short pause; the child survives (P8).
  *
- * Not yet: request-body streaming and response backpressure (the body is read whole
- * before the app runs; response chunks queue without limit), client-disconnect events
- * to JS, the child_stopping hook, the event-loop watchdog. See docs/embedded.md.
+ * child_stopping (non-graceful) makes waiting request threads give up at once (P15).
+ * Not yet: the event-loop watchdog. See docs/embedded.md.
  */
 #include "httpd.h"
 #include "http_config.h"
@@ -34,6 +41,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +67,18 @@ APLOG_USE_MODULE(tsgi);
 #define TSGI_PLATFORM_THREADS 2
 #define TSGI_START_WAIT_SEC 30
 #define TSGI_RECREATE_PAUSE_MS 200
+#define TSGI_HIGH_WATER (64 * 1024)  /* response bytes queued before write() says "wait" */
+#define TSGI_READ_BYTES (64 * 1024)  /* request-body bytes per read() credit */
+#define TSGI_WAIT_SLICE_MS 200       /* how often a waiting request thread looks at its client */
+
+/* Event bits, request thread -> Node thread (under rt.mu). */
+#define EV_BODY 1u  /* a body chunk, the end of the body, or a read failure is queued */
+#define EV_DRAIN 2u /* the queued response bytes went out */
+#define EV_ABORT 4u /* the client is gone, the body could not be read, or a hard stop */
+#define EV_DONE 8u  /* the request thread has left */
+
+/* What the request's JS event function gets: fn(kind, arg?). */
+enum { JS_BODY = 1, JS_EOF = 2, JS_BODY_ERROR = 3, JS_DRAIN = 4, JS_ABORT = 5 };
 
 /* ------------------------------------------------------------------------------------
  * Jobs: one request, shared by its request thread and the Node thread
@@ -71,6 +91,7 @@ typedef struct tsgi_chunk {
 } tsgi_chunk_t;
 
 enum { JOB_RUNNING = 0, JOB_DONE = 1, JOB_FAILED = 2 };
+enum { IN_OPEN = 0, IN_EOF = 1, IN_FAILED = 2 };
 
 typedef struct tsgi_job {
     pthread_mutex_t mu;
@@ -83,8 +104,14 @@ typedef struct tsgi_job {
     int env_n;        /* number of pairs */
     const char *script, *callable, *group, *scheme;
     int reloading;
-    char *body; /* malloc'd, NULL without a body */
-    size_t body_len;
+    int has_body;
+
+    /* Request body: under mu. */
+    int in_credit;                    /* chunks JS asked for (read()) and has not been sent */
+    tsgi_chunk_t *in_chunks, **in_tail; /* read, not yet handed to JS */
+    int in_state;                     /* IN_OPEN, IN_EOF, IN_FAILED */
+    int in_reported;                  /* Node side: EOF/failure handed to JS */
+    char in_why[256];                 /* why the body read failed */
 
     /* Out: under mu. */
     int head_set;
@@ -96,6 +123,17 @@ typedef struct tsgi_job {
     int state;
     char *failure; /* why, for JOB_FAILED (malloc'd) */
     int gone;      /* the request thread has left */
+    size_t out_queued; /* response bytes written by JS, not yet flushed */
+    int out_blocked;   /* write() said false: DRAIN is owed */
+    char abort_why[256];
+
+    /* Events: under rt.mu. The queue holds one reference. */
+    unsigned ev;
+    int in_evq;
+    struct tsgi_job *ev_next;
+
+    /* Node thread only: the request's event function (a strong reference until DONE). */
+    napi_ref port;
 
     unsigned generation;
     struct tsgi_job *next; /* inbox */
@@ -117,12 +155,15 @@ static void tsgi_job_release(tsgi_job_t *job)
         n = c->next;
         free(c);
     }
+    for (c = job->in_chunks; c; c = n) {
+        n = c->next;
+        free(c);
+    }
     for (i = 0; i < job->header_n * 2; i++)
         free(job->headers[i]);
     free(job->headers);
     free(job->reason);
     free(job->failure);
-    free(job->body);
     free(job->block);
     pthread_cond_destroy(&job->cv);
     pthread_mutex_destroy(&job->mu);
@@ -159,7 +200,8 @@ static struct {
     int state;
     char failure[512];
     unsigned generation;
-    int stopping;
+    int stopping;  /* the pchild cleanup runs */
+    int hard_stop; /* child_stopping, not graceful: waiting request threads give up (P15) */
 
     pthread_t thread;
     int thread_started;
@@ -175,8 +217,14 @@ static struct {
 
     tsgi_job_t *inbox_head, *inbox_tail; /* under mu */
     tsgi_job_t *live;                    /* dispatched, not finished; under mu */
-} rt = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, RT_OFF, "", 0, 0, 0, 0, NULL, 0, 0,
-        {0}, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+    tsgi_job_t *evq_head, *evq_tail;     /* jobs with events for JS; under mu */
+} rt = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, RT_OFF, "", 0, 0, 0, 0, 0, NULL, 0, 0,
+        {0}, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+
+static int tsgi_hard_stop(void)
+{
+    return __atomic_load_n(&rt.hard_stop, __ATOMIC_ACQUIRE) || __atomic_load_n(&rt.stopping, __ATOMIC_ACQUIRE);
+}
 
 static void tsgi_live_remove_locked(tsgi_job_t *job)
 {
@@ -210,6 +258,39 @@ static void tsgi_fail_all_locked(const char *why)
         tsgi_job_release(job);
     }
     rt.live = NULL;
+    for (job = rt.evq_head; job; job = next) {
+        next = job->ev_next;
+        job->ev_next = NULL;
+        job->ev = 0;
+        job->in_evq = 0;
+        tsgi_job_release(job);
+    }
+    rt.evq_head = rt.evq_tail = NULL;
+}
+
+/* Request thread: tells JS about `bits` (EV_*) of a job. Dropped when the job's
+ * Environment has ended (its JS is gone with it). */
+static void tsgi_post_event(request_rec *r, tsgi_job_t *job, unsigned bits)
+{
+    int rc = 0;
+    pthread_mutex_lock(&rt.mu);
+    if (rt.async_live && job->generation == rt.generation) {
+        job->ev |= bits;
+        if (!job->in_evq) {
+            job->in_evq = 1;
+            tsgi_job_retain(job);
+            job->ev_next = NULL;
+            if (rt.evq_tail)
+                rt.evq_tail->ev_next = job;
+            else
+                rt.evq_head = job;
+            rt.evq_tail = job;
+        }
+        rc = uv_async_send(&rt.async);
+    }
+    pthread_mutex_unlock(&rt.mu);
+    if (rc != 0)
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "TSGI0105: uv_async_send failed (%d)", rc);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -339,7 +420,8 @@ static napi_value tsgi_js_head(napi_env env, napi_callback_info info)
     return NULL;
 }
 
-/* write(h, uint8array) -> true (backpressure is not implemented yet) */
+/* write(h, uint8array) -> false once TSGI_HIGH_WATER bytes are queued (or the request
+ * thread has left): wait for the DRAIN event (or ABORT) before writing more. */
 static napi_value tsgi_js_write(napi_env env, napi_callback_info info)
 {
     size_t argc = 2;
@@ -351,6 +433,7 @@ static napi_value tsgi_js_write(napi_env env, napi_callback_info info)
     void *data;
     napi_value arraybuffer;
     tsgi_chunk_t *chunk;
+    int more;
 
     NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
     if (argc < 2) {
@@ -390,9 +473,39 @@ static napi_value tsgi_js_write(napi_env env, napi_callback_info info)
     }
     *job->chunks_tail = chunk;
     job->chunks_tail = &chunk->next;
+    job->out_queued += length;
+    more = job->out_queued < TSGI_HIGH_WATER;
+    if (!more)
+        job->out_blocked = 1;
     pthread_cond_signal(&job->cv);
     pthread_mutex_unlock(&job->mu);
+    if (!more)
+        NAPI_OK(env, napi_get_boolean(env, false, &result));
     return result;
+}
+
+/* read(h): credit for one request-body chunk (at most TSGI_READ_BYTES); it arrives as a
+ * BODY event (a chunk, EOF, or a read failure). */
+static napi_value tsgi_js_read(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value argv[1];
+    tsgi_job_t *job;
+
+    NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    if (argc < 1) {
+        napi_throw_type_error(env, NULL, "read(h)");
+        return NULL;
+    }
+    if (!(job = tsgi_js_job(env, argv[0])))
+        return NULL;
+    pthread_mutex_lock(&job->mu);
+    if (job->has_body && job->state == JOB_RUNNING && !job->gone && job->in_state == IN_OPEN) {
+        job->in_credit++;
+        pthread_cond_signal(&job->cv);
+    }
+    pthread_mutex_unlock(&job->mu);
+    return NULL;
 }
 
 /* end(h, ok[, why]): the response is complete (ok) or cannot be completed. */
@@ -472,7 +585,7 @@ static napi_value tsgi_register_binding(napi_env env, napi_value exports)
         napi_callback fn;
     } fns[] = {
         {"setHandler", tsgi_js_set_handler}, {"head", tsgi_js_head}, {"write", tsgi_js_write},
-        {"end", tsgi_js_end},                {"log", tsgi_js_log},
+        {"read", tsgi_js_read},              {"end", tsgi_js_end},   {"log", tsgi_js_log},
     };
     napi_value v, resource_name, resource;
     uv_loop_t *loop;
@@ -505,8 +618,8 @@ static napi_value tsgi_register_binding(napi_env env, napi_value exports)
     return exports;
 }
 
-/* Calls the JS handler for one job: handler(h, [k, v, ...], body|null, script, callable,
- * group, reloading, scheme). */
+/* Calls the JS handler for one job: handler(h, [k, v, ...], hasBody, script, callable,
+ * group, reloading, scheme) -> the request's event function, kept until DONE. */
 static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
 {
     napi_value argv[8], fn, global, result, ext, arr, v;
@@ -538,14 +651,8 @@ static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
         }
     }
     argv[1] = arr;
-    if (job->body) {
-        if (napi_create_buffer_copy(env, job->body_len, job->body, NULL, &argv[2]) != napi_ok) {
-            why = "napi_create_buffer_copy failed";
-            goto fail;
-        }
-    }
-    else if (napi_get_null(env, &argv[2]) != napi_ok) {
-        why = "napi_get_null failed";
+    if (napi_get_boolean(env, job->has_body, &argv[2]) != napi_ok) {
+        why = "napi_get_boolean failed";
         goto fail;
     }
     if (napi_create_string_utf8(env, job->script, NAPI_AUTO_LENGTH, &argv[3]) != napi_ok ||
@@ -575,6 +682,15 @@ static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
         why = "napi_make_callback failed";
         goto fail;
     }
+    {
+        napi_valuetype type;
+        if (napi_typeof(env, result, &type) != napi_ok || type != napi_function ||
+            napi_create_reference(env, result, 1, &job->port) != napi_ok) {
+            job->port = NULL;
+            why = "the request handler returned no event function";
+            goto fail;
+        }
+    }
     return;
 
 fail:
@@ -590,6 +706,140 @@ fail:
         return;
     }
     pthread_mutex_unlock(&rt.mu);
+}
+
+/* Calls a request's event function: fn(kind[, arg]); arg is a Buffer or a string. */
+static void tsgi_call_port(napi_env env, tsgi_job_t *job, int kind, const tsgi_chunk_t *chunk, const char *text)
+{
+    napi_value fn, global, argv[2], result;
+    bool pending = false;
+    size_t argc = 1;
+
+    if (!job->port || napi_get_reference_value(env, job->port, &fn) != napi_ok || !fn)
+        return;
+    if (napi_create_int32(env, kind, &argv[0]) != napi_ok || napi_get_global(env, &global) != napi_ok)
+        goto fail;
+    if (chunk) {
+        if (napi_create_buffer_copy(env, chunk->len, chunk->data, NULL, &argv[1]) != napi_ok)
+            goto fail;
+        argc = 2;
+    }
+    else if (text) {
+        if (napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &argv[1]) != napi_ok)
+            goto fail;
+        argc = 2;
+    }
+    if (napi_make_callback(env, rt.actx, global, fn, argc, argv, &result) != napi_ok &&
+        !(napi_is_exception_pending(env, &pending) == napi_ok && pending))
+        goto fail;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+        napi_value exc, str;
+        char *msg = NULL;
+        if (napi_get_and_clear_last_exception(env, &exc) == napi_ok && napi_coerce_to_string(env, exc, &str) == napi_ok)
+            msg = tsgi_js_string(env, str);
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0114: a request event handler threw: %s",
+                     msg ? msg : "(unprintable exception)");
+        free(msg);
+    }
+    return;
+fail:
+    ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0114: cannot deliver event %d for %s", kind, job->script);
+}
+
+/* Hands a job's pending events (bits) to its JS event function. */
+static void tsgi_deliver(napi_env env, tsgi_job_t *job, unsigned bits)
+{
+    tsgi_chunk_t *chunks = NULL, *c, *n;
+    int in_state = IN_OPEN;
+    char in_why[sizeof(job->in_why)], abort_why[sizeof(job->abort_why)];
+
+    pthread_mutex_lock(&job->mu);
+    if (bits & EV_BODY) {
+        chunks = job->in_chunks;
+        job->in_chunks = NULL;
+        job->in_tail = &job->in_chunks;
+        if (job->in_state != IN_OPEN && !job->in_reported) {
+            in_state = job->in_state;
+            job->in_reported = 1;
+            memcpy(in_why, job->in_why, sizeof(in_why));
+        }
+    }
+    if (bits & EV_ABORT)
+        memcpy(abort_why, job->abort_why, sizeof(abort_why));
+    pthread_mutex_unlock(&job->mu);
+
+    for (c = chunks; c; c = n) {
+        n = c->next;
+        tsgi_call_port(env, job, JS_BODY, c, NULL);
+        free(c);
+    }
+    /* ABORT before a body failure: when the client is gone, JS must see the abort
+     * first (the gateway's client-gone outcome), not a read error the app answers. */
+    if (bits & EV_ABORT)
+        tsgi_call_port(env, job, JS_ABORT, NULL, abort_why);
+    if (in_state == IN_EOF)
+        tsgi_call_port(env, job, JS_EOF, NULL, NULL);
+    else if (in_state == IN_FAILED)
+        tsgi_call_port(env, job, JS_BODY_ERROR, NULL, in_why);
+    if (bits & EV_DRAIN)
+        tsgi_call_port(env, job, JS_DRAIN, NULL, NULL);
+    if ((bits & EV_DONE) && job->port) {
+        if (napi_delete_reference(env, job->port) != napi_ok)
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0115: napi_delete_reference failed");
+        job->port = NULL;
+    }
+}
+
+/* Delivers the event queue. A job stays marked queued while its events are handed
+ * over, so posts meanwhile only add bits; it is queued again if they did. */
+static void tsgi_drain_events(napi_env env)
+{
+    tsgi_job_t *job, *next;
+    napi_handle_scope scope;
+
+    pthread_mutex_lock(&rt.mu);
+    job = rt.evq_head;
+    rt.evq_head = rt.evq_tail = NULL;
+    pthread_mutex_unlock(&rt.mu);
+
+    for (; job; job = next) {
+        unsigned bits;
+        int requeued = 0;
+        pthread_mutex_lock(&rt.mu);
+        next = job->ev_next;
+        job->ev_next = NULL;
+        bits = job->ev;
+        job->ev = 0;
+        pthread_mutex_unlock(&rt.mu);
+
+        if (napi_open_handle_scope(env, &scope) != napi_ok) {
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0112: napi_open_handle_scope failed");
+        }
+        else {
+            tsgi_deliver(env, job, bits);
+            if (napi_close_handle_scope(env, scope) != napi_ok)
+                ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0113: napi_close_handle_scope failed");
+        }
+
+        pthread_mutex_lock(&rt.mu);
+        if (job->ev && rt.async_live) {
+            requeued = 1;
+            if (rt.evq_tail)
+                rt.evq_tail->ev_next = job;
+            else
+                rt.evq_head = job;
+            rt.evq_tail = job;
+            if (uv_async_send(&rt.async) != 0)
+                ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0105: uv_async_send failed");
+        }
+        else {
+            job->ev = 0;
+            job->in_evq = 0;
+        }
+        pthread_mutex_unlock(&rt.mu);
+        if (!requeued)
+            tsgi_job_release(job);
+    }
 }
 
 /* The inbox has jobs (uv_async_send coalesces wake-ups: drain it all). */
@@ -644,6 +894,7 @@ static void tsgi_async_cb(uv_async_t *handle)
         }
         tsgi_job_release(job);
     }
+    tsgi_drain_events(env);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -768,7 +1019,7 @@ static apr_status_t tsgi_child_exit(void *data)
 {
     (void)data;
     pthread_mutex_lock(&rt.mu);
-    rt.stopping = 1;
+    __atomic_store_n(&rt.stopping, 1, __ATOMIC_RELEASE);
     tsgi_fail_all_locked("the Apache child is stopping");
     pthread_cond_broadcast(&rt.cv);
     pthread_mutex_unlock(&rt.mu);
@@ -780,6 +1031,39 @@ static apr_status_t tsgi_child_exit(void *data)
         rt.thread_started = 0;
     }
     return APR_SUCCESS;
+}
+
+/*
+ * child_stopping (Apache >= 2.4.49, mpm_common.h): on a non-graceful stop (stop,
+ * restart) every request thread waiting on JS gives up at once, and JS hears ABORT; on a
+ * graceful one (graceful, graceful-stop) in-flight requests run to their end (P15).
+ */
+void tsgi_embed_child_stopping(apr_pool_t *pchild, int graceful)
+{
+    tsgi_job_t *job;
+    int n = 0;
+    (void)pchild;
+    if (graceful) {
+        ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, rt.server,
+                     "TSGI0129: the child is stopping gracefully: requests in flight finish");
+        return;
+    }
+    pthread_mutex_lock(&rt.mu);
+    __atomic_store_n(&rt.hard_stop, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&rt.cv);
+    for (job = rt.inbox_head; job; job = job->next, n++) {
+        pthread_mutex_lock(&job->mu);
+        pthread_cond_broadcast(&job->cv);
+        pthread_mutex_unlock(&job->mu);
+    }
+    for (job = rt.live; job; job = job->live_next, n++) {
+        pthread_mutex_lock(&job->mu);
+        pthread_cond_broadcast(&job->cv);
+        pthread_mutex_unlock(&job->mu);
+    }
+    pthread_mutex_unlock(&rt.mu);
+    ap_log_error(APLOG_MARK, n ? APLOG_INFO : APLOG_DEBUG, 0, rt.server,
+                 "TSGI0129: the child is stopping (not gracefully): %d request(s) waiting on JavaScript give up", n);
 }
 
 int tsgi_embed_post_config(apr_pool_t *pconf, server_rec *s)
@@ -808,6 +1092,7 @@ void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s)
 
     rt.server = s;
     rt.stopping = 0;
+    rt.hard_stop = 0;
     if (ap_mpm_query(AP_MPMQ_IS_THREADED, &threaded) != APR_SUCCESS)
         threaded = 0;
     if (ap_mpm_query(AP_MPMQ_IS_FORKED, &forked) != APR_SUCCESS)
@@ -859,7 +1144,7 @@ static int tsgi_wait_ready(request_rec *r, const char *script)
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += TSGI_START_WAIT_SEC;
     pthread_mutex_lock(&rt.mu);
-    while (rt.state == RT_STARTING && !rt.stopping) {
+    while (rt.state == RT_STARTING && !rt.stopping && !rt.hard_stop) {
         if (pthread_cond_timedwait(&rt.cv, &rt.mu, &until) == ETIMEDOUT)
             break;
     }
@@ -879,46 +1164,104 @@ static int tsgi_wait_ready(request_rec *r, const char *script)
     return HTTP_SERVICE_UNAVAILABLE;
 }
 
-/* Reads the whole request body (LimitRequestBody applies). 0 or an HTTP status. */
-static int tsgi_read_body(request_rec *r, char **body, size_t *body_len)
+/*
+ * Reads the next piece of the request body (at most TSGI_READ_BYTES) with the input
+ * filters (HTTP_IN dechunks and enforces Content-Length and LimitRequestBody). Returns
+ * IN_OPEN with *out set (or NULL when the filters returned nothing yet), IN_EOF at the
+ * end of the body (*out may hold its last bytes), or IN_FAILED with `why` filled in and
+ * *client_gone set when the failure means the client is gone: a read error or an early
+ * end is never reported as the end of the body (P17).
+ */
+static int tsgi_read_chunk(request_rec *r, apr_bucket_brigade *bb, tsgi_chunk_t **out, int *client_gone, char *why,
+                           size_t whylen)
 {
-    int rc;
-    size_t cap = 0, len = 0;
-    char *buf = NULL;
+    apr_status_t rv;
+    apr_bucket *b;
+    apr_off_t len = 0;
+    apr_size_t n;
+    int eos = 0;
+    tsgi_chunk_t *chunk;
 
-    *body = NULL;
-    *body_len = 0;
-    if ((rc = ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK)) != OK)
-        return rc;
-    if (!ap_should_client_block(r))
-        return 0;
-    for (;;) {
-        long n;
-        if (cap - len < 8192) {
-            char *bigger;
-            cap = cap ? cap * 2 : 65536;
-            if (!(bigger = realloc(buf, cap))) {
-                free(buf);
-                return HTTP_INTERNAL_SERVER_ERROR;
+    *out = NULL;
+    rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES, APR_BLOCK_READ, TSGI_READ_BYTES);
+    if (rv == APR_SUCCESS) {
+        for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
+            if (APR_BUCKET_IS_EOS(b)) {
+                eos = 1;
+                apr_bucket_delete(b); /* nothing may follow EOS; flatten only the data */
+                break;
             }
-            buf = bigger;
         }
-        n = ap_get_client_block(r, buf + len, cap - len);
-        if (n == 0)
-            break;
-        if (n < 0) {
-            /* A read error is an abort, never an end of body (P17). */
-            free(buf);
-            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "TSGI0102: reading the request body failed");
-            return HTTP_BAD_REQUEST;
-        }
-        len += (size_t)n;
+        rv = apr_brigade_length(bb, 1, &len);
     }
-    *body = buf ? buf : malloc(1);
-    if (!*body)
-        return HTTP_INTERNAL_SERVER_ERROR;
-    *body_len = len;
-    return 0;
+    if (rv != APR_SUCCESS) {
+        char err[120];
+        apr_brigade_cleanup(bb);
+        if (rv == APR_ENOSPC || rv == AP_FILTER_ERROR) {
+            /* LimitRequestBody (or a filter that already answered): the client is still there. */
+            apr_snprintf(why, whylen, "the request body could not be read: %s",
+                         rv == APR_ENOSPC ? "it is larger than LimitRequestBody" : "an input filter refused it");
+        }
+        else {
+            *client_gone = 1;
+            apr_snprintf(why, whylen, "the request body could not be read (the client is gone): %s (%d)",
+                         apr_strerror(rv, err, sizeof(err)), rv);
+        }
+        r->connection->keepalive = AP_CONN_CLOSE;
+        return IN_FAILED;
+    }
+    if (len > 0) {
+        chunk = malloc(sizeof(*chunk) + (size_t)len);
+        if (!chunk) {
+            apr_brigade_cleanup(bb);
+            apr_snprintf(why, whylen, "out of memory reading the request body");
+            r->connection->keepalive = AP_CONN_CLOSE;
+            return IN_FAILED;
+        }
+        n = (apr_size_t)len;
+        rv = apr_brigade_flatten(bb, chunk->data, &n);
+        if (rv != APR_SUCCESS) {
+            char err[120];
+            free(chunk);
+            apr_brigade_cleanup(bb);
+            *client_gone = 1;
+            apr_snprintf(why, whylen, "the request body could not be read: %s (%d)", apr_strerror(rv, err, sizeof(err)),
+                         rv);
+            r->connection->keepalive = AP_CONN_CLOSE;
+            return IN_FAILED;
+        }
+        chunk->next = NULL;
+        chunk->len = n;
+        *out = chunk;
+    }
+    apr_brigade_cleanup(bb);
+    return eos ? IN_EOF : IN_OPEN;
+}
+
+/*
+ * Whether the client has gone while the app runs with nothing to write: the connection
+ * was aborted, or the socket reports end-of-stream or an error. Like nginx's check of a
+ * broken connection, it peeks without consuming; unread request bytes mean "still
+ * there". HTTP/2 streams (c->master) share their socket and are not checked here.
+ */
+static int tsgi_client_gone(conn_rec *c)
+{
+    apr_socket_t *sock;
+    apr_os_sock_t fd;
+    char byte;
+    ssize_t n;
+
+    if (c->aborted)
+        return 1;
+    if (c->master)
+        return 0;
+    sock = ap_get_conn_socket(c);
+    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS)
+        return 0;
+    n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0)
+        return 1;
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
 /* Copies what the Node thread will read into one malloc'd block. */
@@ -975,6 +1318,7 @@ static tsgi_job_t *tsgi_make_job(const tsgi_embed_request_t *req)
     job->reloading = req->script_reloading;
     job->refs = 1;
     job->chunks_tail = &job->chunks;
+    job->in_tail = &job->in_chunks;
     if (pthread_mutex_init(&job->mu, NULL) != 0) {
         free(job->block);
         free(job);
@@ -1019,28 +1363,30 @@ static void tsgi_abort_response(request_rec *r)
 int tsgi_embed_handle(const tsgi_embed_request_t *req)
 {
     request_rec *r = req->r;
+    conn_rec *c = r->connection;
     tsgi_job_t *job;
-    char *body;
-    size_t body_len;
-    int rc, head_applied = 0, state = JOB_RUNNING, client_gone = 0;
+    apr_bucket_brigade *bb;
+    int rc, has_body, head_applied = 0, state = JOB_RUNNING, client_gone = 0, aborted_js = 0;
+    const char *leave_why = NULL;
     apr_interval_time_t timeout = r->server->timeout;
     apr_time_t last_event;
 
     if ((rc = tsgi_wait_ready(r, req->script)) != 0)
         return rc;
-    if ((rc = tsgi_read_body(r, &body, &body_len)) != 0)
+    /* The body is read later, piece by piece, as JS asks for it; chunked bodies too. */
+    if ((rc = ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK)) != OK)
         return rc;
+    has_body = ap_should_client_block(r);
     if (!(job = tsgi_make_job(req))) {
-        free(body);
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "TSGI0103: out of memory for %s", req->script);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
-    job->body = body;
-    job->body_len = body_len;
+    job->has_body = has_body;
     job->refs = 2; /* this thread + the inbox */
+    bb = apr_brigade_create(r->pool, c->bucket_alloc);
 
     pthread_mutex_lock(&rt.mu);
-    if (rt.state != RT_READY || !rt.async_live) {
+    if (rt.state != RT_READY || !rt.async_live || tsgi_hard_stop()) {
         pthread_mutex_unlock(&rt.mu);
         job->refs = 1;
         tsgi_job_release(job);
@@ -1061,65 +1407,144 @@ int tsgi_embed_handle(const tsgi_embed_request_t *req)
     last_event = apr_time_now();
     pthread_mutex_lock(&job->mu);
     for (;;) {
-        tsgi_chunk_t *chunks = job->chunks, *c, *n;
-        int apply_head = job->head_set && !head_applied;
+        tsgi_chunk_t *chunks, *ch, *n;
+        int apply_head, want_read;
+        size_t written = 0;
+
+        if (job->state == JOB_RUNNING && tsgi_hard_stop()) {
+            leave_why = "the Apache child is stopping";
+            break;
+        }
+        chunks = job->chunks;
+        apply_head = job->head_set && !head_applied;
+        want_read = job->in_credit > 0 && job->in_state == IN_OPEN;
         state = job->state;
         job->chunks = NULL;
         job->chunks_tail = &job->chunks;
 
-        if (apply_head || chunks) {
+        if (apply_head || chunks || want_read) {
+            tsgi_chunk_t *in = NULL;
+            int in_state = IN_OPEN;
+            char in_why[sizeof(job->in_why)] = "";
+            unsigned events = 0;
+
             pthread_mutex_unlock(&job->mu);
             last_event = apr_time_now();
             if (apply_head) {
                 tsgi_apply_head(r, job); /* head fields are immutable once set */
                 head_applied = 1;
             }
-            for (c = chunks; c; c = n) {
-                n = c->next;
-                if (!client_gone && ap_rwrite(c->data, (int)c->len, r) < 0)
+            for (ch = chunks; ch; ch = n) {
+                n = ch->next;
+                if (!client_gone && ap_rwrite(ch->data, (int)ch->len, r) < 0)
                     client_gone = 1;
-                free(c);
+                written += ch->len;
+                free(ch);
             }
-            if (!client_gone && state == JOB_RUNNING && ap_rflush(r) < 0)
+            /* Flushed (the core output filter blocks on a flush) before DRAIN tells JS to go on. */
+            if (chunks && !client_gone && state == JOB_RUNNING && ap_rflush(r) < 0)
                 client_gone = 1;
+            if (client_gone && !leave_why)
+                leave_why = "writing to the client failed (the client closed the connection)";
+            if (want_read && !client_gone) {
+                int gone_by_read = 0;
+                in_state = tsgi_read_chunk(r, bb, &in, &gone_by_read, in_why, sizeof(in_why));
+                if (gone_by_read) {
+                    client_gone = 1;
+                    leave_why = apr_pstrdup(r->pool, in_why);
+                }
+            }
+
             pthread_mutex_lock(&job->mu);
+            job->out_queued -= written < job->out_queued ? written : job->out_queued;
+            if (job->out_blocked && job->out_queued < TSGI_HIGH_WATER && !client_gone) {
+                job->out_blocked = 0;
+                events |= EV_DRAIN;
+            }
+            if (want_read && (in || in_state != IN_OPEN)) {
+                if (in) {
+                    *job->in_tail = in;
+                    job->in_tail = &in->next;
+                }
+                job->in_credit--;
+                if (in_state != IN_OPEN) {
+                    job->in_state = in_state;
+                    job->in_credit = 0;
+                    apr_cpystrn(job->in_why, in_why, sizeof(job->in_why));
+                }
+                events |= EV_BODY;
+            }
+            else if (want_read && client_gone) {
+                /* The read was not even tried: the body fails with the connection. */
+                job->in_state = IN_FAILED;
+                job->in_credit = 0;
+                apr_cpystrn(job->in_why, leave_why, sizeof(job->in_why));
+                events |= EV_BODY;
+            }
+            if (events) {
+                pthread_mutex_unlock(&job->mu);
+                tsgi_post_event(r, job, events);
+                pthread_mutex_lock(&job->mu);
+            }
             if (client_gone)
                 break;
             continue; /* look again before sleeping */
         }
         if (state != JOB_RUNNING)
             break;
-        {
+        if (!tsgi_hard_stop()) {
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 1;
+            until.tv_nsec += TSGI_WAIT_SLICE_MS * 1000000L;
+            until.tv_sec += until.tv_nsec / 1000000000L;
+            until.tv_nsec %= 1000000000L;
             pthread_cond_timedwait(&job->cv, &job->mu, &until);
         }
-        if (rt.stopping || apr_time_now() - last_event > timeout) {
-            state = job->state;
-            if (state == JOB_RUNNING)
-                break;
+        if (job->state != JOB_RUNNING || job->chunks || (job->head_set && !head_applied) ||
+            (job->in_credit > 0 && job->in_state == IN_OPEN))
+            continue; /* work first: a response that is complete is not given up */
+        if (apr_time_now() - last_event > timeout) {
+            leave_why = "no response within the Timeout";
+            break;
+        }
+        if (tsgi_client_gone(c)) {
+            client_gone = 1;
+            leave_why = "the client closed the connection";
+            break;
         }
     }
+    state = job->state;
     job->gone = 1;
+    if (state == JOB_RUNNING) {
+        /* JS is still at it: it hears why (the request's AbortSignal fires). */
+        apr_cpystrn(job->abort_why, leave_why ? leave_why : "the request ended", sizeof(job->abort_why));
+        aborted_js = 1;
+    }
     pthread_mutex_unlock(&job->mu);
+    tsgi_post_event(r, job, aborted_js ? EV_ABORT | EV_DONE : EV_DONE);
 
     if (client_gone) {
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "TSGI0106: client went away while %s was answering", req->script);
-        rc = OK;
+        c->keepalive = AP_CONN_CLOSE;
+        /* When JS was still running, the gateway logs the request's one line. */
+        ap_log_rerror(APLOG_MARK, aborted_js ? APLOG_DEBUG : APLOG_INFO, 0, r,
+                      "TSGI0106: client went away while %s was answering: %s", req->script,
+                      leave_why ? leave_why : "writing to the client failed");
+        if (head_applied && !c->aborted)
+            tsgi_abort_response(r);
+        /* Without a head, the status is for the access log: nobody reads the answer. */
+        rc = head_applied ? OK : HTTP_BAD_REQUEST;
     }
     else if (state == JOB_DONE) {
         rc = OK;
     }
     else if (state == JOB_RUNNING) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "TSGI0107: %s: %s", req->script,
-                      rt.stopping ? "the Apache child is stopping" : "no response within the Timeout");
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "TSGI0107: %s: %s", req->script, leave_why);
         if (head_applied) {
             tsgi_abort_response(r);
             rc = OK;
         }
         else {
-            rc = rt.stopping ? HTTP_SERVICE_UNAVAILABLE : HTTP_GATEWAY_TIME_OUT;
+            rc = tsgi_hard_stop() ? HTTP_SERVICE_UNAVAILABLE : HTTP_GATEWAY_TIME_OUT;
         }
     }
     else { /* JOB_FAILED */

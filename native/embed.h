@@ -26,6 +26,9 @@ int tsgi_embed_post_config(apr_pool_t *pconf, server_rec *s);
 /* child_init, in each child after fork and privilege drop: starts the runtime. */
 void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s);
 
+/* child_stopping (Apache >= 2.4.49): graceful=0 makes waiting requests give up now. */
+void tsgi_embed_child_stopping(apr_pool_t *pchild, int graceful);
+
 /* Runs one request; returns OK or an HTTP status for Apache to answer with. */
 int tsgi_embed_handle(const tsgi_embed_request_t *req);
 

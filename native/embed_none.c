@@ -25,6 +25,12 @@ void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s)
     (void)s;
 }
 
+void tsgi_embed_child_stopping(apr_pool_t *pchild, int graceful)
+{
+    (void)pchild;
+    (void)graceful;
+}
+
 int tsgi_embed_handle(const tsgi_embed_request_t *req)
 {
     ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r,

@@ -18,6 +18,7 @@
 #include "http_ssl.h"
 #include "ap_regex.h"
 #include "util_script.h"
+#include "mpm_common.h" /* child_stopping */
 
 #include "apr_lib.h"
 #include "apr_strings.h"
@@ -843,6 +844,12 @@ static void tsgi_child_init(apr_pool_t *pchild, server_rec *s)
     tsgi_embed_child_init(pchild, s);
 }
 
+/* A stopping child (mpm_common.h, Apache >= 2.4.49): see tsgi_embed_child_stopping. */
+static void tsgi_child_stopping(apr_pool_t *pchild, int graceful)
+{
+    tsgi_embed_child_stopping(pchild, graceful);
+}
+
 static void tsgi_register_hooks(apr_pool_t *p)
 {
     /* As mod_wsgi: after mod_alias, so `Alias /static` beats `TSGIScriptAlias /`, and
@@ -853,6 +860,7 @@ static void tsgi_register_hooks(apr_pool_t *p)
 
     ap_hook_post_config(tsgi_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(tsgi_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_stopping(tsgi_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_translate_name(tsgi_translate_name, before_us, after_us, APR_HOOK_MIDDLE);
     ap_hook_fixups(tsgi_fixups, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(tsgi_handler, NULL, NULL, APR_HOOK_MIDDLE);

@@ -132,8 +132,10 @@ typedef struct tsgi_job {
     int in_evq;
     struct tsgi_job *ev_next;
 
-    /* Node thread only: the request's event function (a strong reference until DONE). */
+    /* Node thread only: the request's event function (a strong reference until DONE or
+     * the end of the Environment), and the list of jobs holding one (with a reference). */
     napi_ref port;
+    struct tsgi_job *port_prev, *port_next;
 
     unsigned generation;
     struct tsgi_job *next; /* inbox */
@@ -218,8 +220,9 @@ static struct {
     tsgi_job_t *inbox_head, *inbox_tail; /* under mu */
     tsgi_job_t *live;                    /* dispatched, not finished; under mu */
     tsgi_job_t *evq_head, *evq_tail;     /* jobs with events for JS; under mu */
+    tsgi_job_t *ported;                  /* jobs with a JS event function; Node thread only */
 } rt = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, RT_OFF, "", 0, 0, 0, 0, 0, NULL, 0, 0,
-        {0}, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        {0}, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 
 static int tsgi_hard_stop(void)
 {
@@ -690,6 +693,12 @@ static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
             why = "the request handler returned no event function";
             goto fail;
         }
+        tsgi_job_retain(job); /* the ported list's */
+        job->port_prev = NULL;
+        job->port_next = rt.ported;
+        if (rt.ported)
+            rt.ported->port_prev = job;
+        rt.ported = job;
     }
     return;
 
@@ -706,6 +715,25 @@ fail:
         return;
     }
     pthread_mutex_unlock(&rt.mu);
+}
+
+/* Node thread: deletes a job's event-function reference (its DONE, or the end of the
+ * Environment: Node-API does not free references with the Environment). */
+static void tsgi_port_drop(napi_env env, tsgi_job_t *job)
+{
+    if (!job->port)
+        return;
+    if (napi_delete_reference(env, job->port) != napi_ok)
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0115: napi_delete_reference failed");
+    job->port = NULL;
+    if (job->port_prev)
+        job->port_prev->port_next = job->port_next;
+    else if (rt.ported == job)
+        rt.ported = job->port_next;
+    if (job->port_next)
+        job->port_next->port_prev = job->port_prev;
+    job->port_prev = job->port_next = NULL;
+    tsgi_job_release(job);
 }
 
 /* Calls a request's event function: fn(kind[, arg]); arg is a Buffer or a string. */
@@ -783,11 +811,8 @@ static void tsgi_deliver(napi_env env, tsgi_job_t *job, unsigned bits)
         tsgi_call_port(env, job, JS_BODY_ERROR, NULL, in_why);
     if (bits & EV_DRAIN)
         tsgi_call_port(env, job, JS_DRAIN, NULL, NULL);
-    if ((bits & EV_DONE) && job->port) {
-        if (napi_delete_reference(env, job->port) != napi_ok)
-            ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0115: napi_delete_reference failed");
-        job->port = NULL;
-    }
+    if (bits & EV_DONE)
+        tsgi_port_drop(env, job);
 }
 
 /* Delivers the event queue. A job stays marked queued while its events are handed
@@ -934,7 +959,15 @@ static void tsgi_on_teardown(void *data, struct uv_loop_s *loop)
     else {
         pthread_mutex_unlock(&rt.mu);
     }
-    /* The references die with the Environment. */
+    /* Node-API frees neither references nor async contexts with the Environment. */
+    if (rt.env) {
+        while (rt.ported)
+            tsgi_port_drop(rt.env, rt.ported);
+        if (rt.handler && napi_delete_reference(rt.env, rt.handler) != napi_ok)
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0115: napi_delete_reference failed");
+        if (rt.actx && napi_async_destroy(rt.env, rt.actx) != napi_ok)
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0115: napi_async_destroy failed");
+    }
     rt.handler = NULL;
     rt.env = NULL;
     rt.actx = NULL;

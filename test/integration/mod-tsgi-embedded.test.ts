@@ -1,7 +1,7 @@
 /**
  * mod_tsgi embedded mode under a real, private Apache (event MPM): .tsgi apps run on the
  * libnode runtime inside the Apache children, through the gateway core. What exists so
- * far (docs/embedded.md): hello world, request bodies (read whole), errors, the
+ * far (docs/embedded.md): hello world, request bodies, errors, the
  * Environment re-created after process.exit(), stdio to the error log, signal listeners
  * refused, reloading on change, graceful restart.
  */

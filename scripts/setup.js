@@ -51,6 +51,7 @@ if (mtime(stamp) < Math.max(mtime(path.join(root, 'package.json')), mtime(path.j
 const SYSTEM_PACKAGES = [
   { pkg: 'apache2', file: '/usr/sbin/apache2' },
   { pkg: 'lighttpd', file: '/usr/sbin/lighttpd' },
+  { pkg: 'nginx-light', file: '/usr/sbin/nginx' },
 ];
 if (forTest) {
   const missing = SYSTEM_PACKAGES.filter((p) => !fs.existsSync(p.file)).map((p) => p.pkg);
@@ -61,7 +62,7 @@ if (forTest) {
       run('apt-get', ['install', '-y', '--no-install-recommends', ...missing], { env });
       // Installing apache2 and lighttpd starts their system services; the tests run
       // private instances and want port 80 and the services out of the way.
-      for (const svc of missing) {
+      for (const svc of missing.map((p) => p.replace(/-light$/, ''))) {
         try {
           execFileSync('service', [svc, 'stop'], { stdio: 'ignore' });
         } catch {

@@ -255,6 +255,14 @@ describe('CGI variables → environ', () => {
     expect(protocolEnviron({ SCRIPT_NAME: '/app', REQUEST_URI: '/other' })).toMatchObject({ SCRIPT_NAME: '/app', PATH_INFO: '' });
   });
 
+  it('nginx uwsgi_params (PATH_INFO = the whole path) plus uwsgi_param SCRIPT_NAME: the script part is taken off', () => {
+    expect(protocolEnviron({ SCRIPT_NAME: '/app', PATH_INFO: '/app/x', DOCUMENT_URI: '/app/x', REQUEST_URI: '/app/x' })).toMatchObject({ PATH_INFO: '/x' });
+    expect(protocolEnviron({ SCRIPT_NAME: '/app', PATH_INFO: '/app/app', REQUEST_URI: '/app/app' })).toMatchObject({ PATH_INFO: '/app' });
+    // A consistent pair is never touched, even when PATH_INFO repeats the script name.
+    expect(protocolEnviron({ SCRIPT_NAME: '/app', PATH_INFO: '/app', REQUEST_URI: '/app/app' })).toMatchObject({ PATH_INFO: '/app' });
+    expect(protocolEnviron({ SCRIPT_NAME: '/app', PATH_INFO: '/appx', REQUEST_URI: '/appx' })).toMatchObject({ PATH_INFO: '/appx' });
+  });
+
   it('a mount point recomputes both (nginx uwsgi_params sends PATH_INFO = the whole path)', () => {
     expect(protocolEnviron({ PATH_INFO: '/app/x', REQUEST_URI: '/app/x' }, { mountPoint: '/app' })).toMatchObject({ SCRIPT_NAME: '/app', PATH_INFO: '/x' });
     expect(protocolEnviron({ PATH_INFO: '/else', REQUEST_URI: '/else' }, { mountPoint: '/app' })).toMatchObject({ SCRIPT_NAME: '', PATH_INFO: '/else' });

@@ -9,8 +9,9 @@ export interface CgiPathOptions {
   /**
    * Fill in SCRIPT_NAME / PATH_INFO from the request path when the web server sent
    * neither or only SCRIPT_NAME (nginx's scgi_params sends neither; `scgi_param
-   * SCRIPT_NAME /app;` alone is enough then). Off for CGI, where the web server always
-   * sends them. Default false.
+   * SCRIPT_NAME /app;` alone is enough then), and take SCRIPT_NAME off a PATH_INFO that
+   * is the whole request path (nginx's uwsgi_params plus `uwsgi_param SCRIPT_NAME /app;`).
+   * Off for CGI, where the web server always sends a consistent pair. Default false.
    */
   derivePath?: boolean;
   /**
@@ -73,10 +74,20 @@ function derivePathVars(environ: Record<string, unknown>, options: CgiPathOption
     environ.PATH_INFO = mapped ? mapped.pathInfo : path;
     return;
   }
-  if (hasPath) return;
   const path = requestPath(environ);
   if (path === null) return;
   const script = hasScript ? String(environ.SCRIPT_NAME).replace(/\/+$/, '') : '';
+  if (hasPath) {
+    // nginx's uwsgi_params sends the whole path as PATH_INFO; with `uwsgi_param
+    // SCRIPT_NAME /app;` the script part is then in both. Only that exact case (PATH_INFO
+    // is the whole request path, under SCRIPT_NAME) is rewritten, as uWSGI's
+    // manage-script-name does; a consistent pair (lighttpd, Apache) is never touched.
+    if (script !== '' && environ.PATH_INFO === path) {
+      const mapped = mapMount(path, script);
+      if (mapped) environ.PATH_INFO = mapped.pathInfo;
+    }
+    return;
+  }
   const mapped = mapMount(path, script);
   if (mapped) environ.PATH_INFO = mapped.pathInfo;
 }

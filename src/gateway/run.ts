@@ -319,6 +319,8 @@ class RequestRun {
   private untilAborted<T>(p: Promise<T>, onAbandon?: () => void): Promise<T> {
     const signal = this.req.signal;
     if (signal.aborted) {
+      // Abandoned before it settles: its rejection must still be observed.
+      p.then(undefined, () => undefined);
       onAbandon?.();
       return Promise.reject(this.abortReason());
     }

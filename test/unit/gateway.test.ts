@@ -660,3 +660,26 @@ describe('abort-derived errors', () => {
     expect(r.logs.map((l) => l.level)).not.toContain('error');
   });
 });
+
+describe('a promise abandoned after the client left', () => {
+  it('is observed: its later rejection is not an unhandled rejection', async () => {
+    const controller = new AbortController();
+    controller.abort();
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const body = {
+        [Symbol.asyncIterator]: () => ({
+          next: () => new Promise<IteratorResult<string>>((_, reject) => setTimeout(() => reject(new Error('late rejection')), 5)),
+        }),
+      };
+      const r = await runApp((e, sr) => (sr('200 OK', [['Content-Type', 'text/plain']]), body), { signal: controller.signal });
+      expect(r.outcome.state).toBe('client-gone');
+      await new Promise((res) => setTimeout(res, 30));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+});

@@ -283,12 +283,15 @@ ${entries}
 
   // nginx watches its client while it waits for the upstream; lighttpd notices a gone
   // client only when it next writes to it (the ticker case above).
-  it.runIf(web === 'nginx')('nginx: a client disconnect reaches an app that is not writing', async () => {
-    const r = await requestAndDisconnect(server.url('/bad/never-finishes'), 5);
-    expect(r.received.toString()).toContain('first chunk');
-    await log.waitFor(/never-finishes: closed by the server/, 10_000);
-    await log.waitFor(/request aborted: GET \/bad\/never-finishes/, 10_000);
-  });
+  // Not generated for lighttpd: it notices a departed client only when it writes again.
+  if (web === 'nginx') {
+    it('nginx: a client disconnect reaches an app that is not writing', async () => {
+      const r = await requestAndDisconnect(server.url('/bad/never-finishes'), 5);
+      expect(r.received.toString()).toContain('first chunk');
+      await log.waitFor(/never-finishes: closed by the server/, 10_000);
+      await log.waitFor(/request aborted: GET \/bad\/never-finishes/, 10_000);
+    });
+  }
 });
 
 // ---------------------------------------------------------------------------------------

@@ -312,10 +312,19 @@ async function startOnce(opts: ApacheOptions, port: number): Promise<ApacheInsta
   }
   const failOnLog = opts.failOnLog === undefined ? /:(emerg|alert|crit)\]/ : opts.failOnLog;
   if (failOnLog) {
-    // Child-init hooks (cgid's daemon, MPM children) log a moment after the parent's notice.
-    await delay(100);
-    const bad = readText(g.errorLogPath).split('\n').find((l) => failOnLog.test(l));
-    if (bad !== undefined) await fail(`error log matches ${failOnLog}: ${bad}`);
+    // Child-init hooks (cgid's daemon, MPM children) log a moment after the parent's
+    // notice, later still on a loaded machine. When cgid is in use, wait (bounded) until
+    // its socket exists or the failure is logged, rather than a fixed pause.
+    // mod_cgid appends the parent's pid to ScriptSock: cgid.sock.<pid>.
+    const cgidReady = () => fs.readdirSync(g.root).some((f) => f.startsWith('cgid.sock'));
+    const usesCgid = /\bmod_cgid\.so\b/.test(readText(g.confPath));
+    const waitUntil = Date.now() + (usesCgid ? 3000 : 100);
+    for (;;) {
+      const bad = readText(g.errorLogPath).split('\n').find((l) => failOnLog.test(l));
+      if (bad !== undefined) await fail(`error log matches ${failOnLog}: ${bad}`);
+      if (Date.now() > waitUntil || (usesCgid && cgidReady())) break;
+      await delay(25);
+    }
   }
 
   let stopped = false;

@@ -3,7 +3,9 @@
  *   serve APP.tsgi [--host H] [--port N] [--reload]   the development server
  *   module-config                                      httpd.conf lines loading mod_tsgi
  *   express start-server APP.tsgi [...]                a private Apache with mod_tsgi
+ *   daemon APP.tsgi --listen ... --protocol ...        the daemon pool for lighttpd/nginx/mod_proxy
  */
+import { daemonCommand } from './daemon';
 import { expressCommand } from './express';
 import { moduleConfigCommand } from './module-config';
 import { serveCommand } from './serve';
@@ -20,6 +22,13 @@ commands:
                        [--server-root DIR] [--log-level L]
       Runs APP.tsgi under a private Apache with mod_tsgi in the foreground, logs on
       the terminal (default http://127.0.0.1:8000/); Ctrl-C stops it.
+  daemon APP.tsgi --listen unix:PATH|tcp:HOST:PORT --protocol uwsgi|scgi|fastcgi|http
+         [--processes N] [--threads N] [--maximum-requests N] [--user U] [--group G]
+         [--socket-mode MODE] [--request-timeout S] [--graceful-timeout S]
+         [--startup-timeout S] [--callable NAME] [--mount-point /PATH] [--reload]
+      Runs APP.tsgi in a supervised pool of worker processes behind a socket, for
+      lighttpd, nginx or Apache's mod_proxy_*; logs on stderr. SIGTERM stops
+      gracefully, SIGHUP reloads gracefully. See docs/daemon.md.
 `;
 
 export async function main(argv: string[] = process.argv.slice(2)): Promise<number> {
@@ -31,6 +40,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
       return moduleConfigCommand(rest);
     case 'express':
       return expressCommand(rest);
+    case 'daemon':
+      return daemonCommand(rest);
     case undefined:
     case '-h':
     case '--help':

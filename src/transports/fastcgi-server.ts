@@ -76,6 +76,7 @@ import {
   varsFromParams,
   type FcgiEvent,
 } from './protocols/fastcgi';
+import { RequestExpired, type RequestMonitor } from './monitor';
 
 export interface FastCgiServerOptions {
   provider: AppProvider;
@@ -95,6 +96,11 @@ export interface FastCgiServerOptions {
   /** Mount point and SetEnv-style variables (see cgi-vars.ts). */
   environ?: ProtocolEnvironOptions;
   multiprocess?: boolean;
+  /**
+   * Told when each request begins and ends (daemon-mode.ts). Ending one early aborts it
+   * like FCGI_ABORT_REQUEST does; other requests on the connection carry on.
+   */
+  monitor?: RequestMonitor;
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
@@ -390,14 +396,23 @@ export class FastCgiConnection {
     const vars = varsFromParams(params);
     const environ = protocolEnviron(vars, this.options.environ);
     const sink = new FcgiSink(this, req);
+    const done = this.options.monitor?.begin(`${environ.REQUEST_METHOD} ${environ.REQUEST_URI}`, () => {
+      if (req.done || req.controller.signal.aborted) return;
+      this.options.log.log('warn', `FastCGI connection from ${this.peer}: request-timeout: request ${req.id} aborted`);
+      req.controller.abort(new RequestExpired('the request took longer than the request-timeout'));
+    });
     runRequest(
       this.options.provider,
       { environ, body: req.body, urlScheme: urlSchemeOf(vars), signal: req.controller.signal },
       sink,
       this.context,
     ).then(
-      () => this.requestFinished(req),
+      () => {
+        done?.();
+        this.requestFinished(req);
+      },
       (e) => {
+        done?.();
         // runRequest never rejects; a bug if it does.
         this.options.log.log('error', `internal error in the FastCGI transport: ${(e as Error)?.stack ?? String(e)}`);
         this.destroy();

@@ -11,6 +11,7 @@ import { RequestAborted } from '../gateway/errors';
 import { runRequest, type AppProvider, type RequestOutcome, type ResponseSink, type ServerContext } from '../gateway/run';
 import type { ErrorLog } from '../gateway/log';
 import { commonLogLine } from './access-log';
+import { RequestExpired, type RequestMonitor } from './monitor';
 
 export const SERVER_SOFTWARE = `tsgi/${(require('../../package.json') as { version: string }).version}`;
 
@@ -25,12 +26,16 @@ export interface HttpTransportOptions {
   passAuthorization?: boolean;
   /** Extra per-request variables (like Apache's SetEnv). */
   setEnv?: Record<string, string>;
+  /** Told when each request begins and ends; may end one early with a 504 (daemon-mode.ts). */
+  monitor?: RequestMonitor;
+  /** What tsgi.multiprocess says. Default false. */
+  multiprocess?: boolean;
 }
 
 /** Creates (does not start) an HTTP server that runs every request through the gateway. */
 export function createHttpServer(options: HttpTransportOptions): Server {
   const server = createServer();
-  const context: ServerContext = { log: options.log, multithread: true, multiprocess: false, runOnce: false };
+  const context: ServerContext = { log: options.log, multithread: true, multiprocess: options.multiprocess ?? false, runOnce: false };
   const handle = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean) => {
     handleRequest(req, res, expectsContinue, options, context).catch((err) => {
       options.log.log('error', `internal error in the HTTP transport: ${(err as Error)?.stack ?? String(err)}`);
@@ -97,33 +102,53 @@ async function handleRequest(
     if (!res.writableFinished) controller.abort(new RequestAborted('the client closed the connection before the response was complete'));
   });
 
-  const outcome = await runRequest(
-    options.provider,
-    {
-      environ,
-      body: hasBody ? req : null,
-      urlScheme: 'http',
-      signal: controller.signal,
-      onContinue: expectsContinue ? () => res.writeContinue() : undefined,
-    },
-    httpSink(res),
-    context,
-  );
+  // The manager's request-timeout: a 504 if nothing went out yet, else a cut response.
+  let expired = false;
+  const done = options.monitor?.begin(`${req.method} ${rawTarget}`, () => {
+    if (expired || res.writableFinished) return;
+    expired = true;
+    if (!res.headersSent) {
+      const body = '504 Gateway Timeout\n';
+      res.writeHead(504, 'Gateway Timeout', { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(body), Connection: 'close' });
+      res.end(req.method === 'HEAD' ? undefined : body);
+    } else {
+      res.destroy();
+    }
+    controller.abort(new RequestExpired('the request took longer than the request-timeout'));
+  });
+  let outcome: RequestOutcome;
+  try {
+    outcome = await runRequest(
+      options.provider,
+      {
+        environ,
+        body: hasBody ? req : null,
+        urlScheme: 'http',
+        signal: controller.signal,
+        onContinue: expectsContinue ? () => res.writeContinue() : undefined,
+      },
+      httpSink(res, () => expired),
+      context,
+    );
+  } finally {
+    done?.();
+  }
   // A body the app did not read must not be parsed as the next request on this connection.
   if (hasBody && !req.complete && outcome.state === 'complete') req.resume();
   options.accessLog?.write(commonLogLine(req.socket.remoteAddress, started, `${req.method} ${rawTarget} HTTP/${req.httpVersion}`, outcome));
 }
 
 /** The gateway's sink as node:http calls. */
-function httpSink(res: ServerResponse): ResponseSink {
+function httpSink(res: ServerResponse, expired: () => boolean = () => false): ResponseSink {
   return {
     head(head) {
+      if (expired()) return;
       const flat: string[] = [];
       for (const [n, v] of head.headers) flat.push(n, v);
       res.writeHead(head.code, head.reason, flat);
     },
     body(chunk) {
-      if (res.write(chunk)) return;
+      if (expired() || res.write(chunk)) return;
       return new Promise<void>((resolve) => {
         const done = () => {
           res.off('drain', done);
@@ -135,7 +160,7 @@ function httpSink(res: ServerResponse): ResponseSink {
       });
     },
     end() {
-      res.end();
+      if (!expired()) res.end();
     },
     abort(error) {
       // Destroying the socket stops the chunked stream (or the Content-Length body) short,

@@ -29,6 +29,7 @@ import type { ErrorLog } from '../gateway/log';
 import { runRequest, type AppProvider, type RequestOutcome, type ResponseHead, type ResponseSink, type ServerContext } from '../gateway/run';
 import type { Header } from '../tsgi';
 import { commonLogLine } from './access-log';
+import { RequestExpired, type RequestMonitor } from './monitor';
 import { protocolEnviron, urlSchemeOf } from './protocols/cgi-vars';
 import { ProtocolError } from './protocols/protocol-error';
 import { ScgiParser, scgiResponseHead, type HeadParser, type ParsedRequestHead } from './protocols/scgi';
@@ -61,6 +62,11 @@ export interface StreamServerOptions {
    * disconnected), and the request is aborted.
    */
   allowHalfClose?: boolean;
+  /**
+   * Told when each request begins and ends (daemon-mode.ts). Ending one early resets the
+   * connection: neither protocol can say "timed out", so the web server answers 502/504.
+   */
+  monitor?: RequestMonitor;
   /** What tsgi.multithread / multiprocess / run_once say. Default: one process, concurrent requests. */
   context?: Partial<Omit<ServerContext, 'log'>>;
 }
@@ -223,17 +229,28 @@ class Connection {
     // Refused before the application ran (a body longer than declared in the first bytes).
     if (this.controller.signal.aborted) return { state: 'client-gone', code: 0, bytes: 0 };
     const context: ServerContext = { multithread: true, multiprocess: false, runOnce: false, ...this.options.context, log: this.options.log };
-    const outcome = await runRequest(
-      this.options.provider,
-      {
-        environ,
-        body: head.contentLength > 0 ? this.body() : null,
-        urlScheme: urlSchemeOf(head.vars),
-        signal: this.controller.signal,
-      },
-      this.sink(),
-      context,
-    );
+    const done = this.options.monitor?.begin(`${environ.REQUEST_METHOD} ${environ.REQUEST_URI}`, () => {
+      if (this.responseDone || this.controller.signal.aborted) return;
+      this.log('warn', 'request-timeout: the response is cut short');
+      this.controller.abort(new RequestExpired('the request took longer than the request-timeout'));
+      this.reset();
+    });
+    let outcome: RequestOutcome;
+    try {
+      outcome = await runRequest(
+        this.options.provider,
+        {
+          environ,
+          body: head.contentLength > 0 ? this.body() : null,
+          urlScheme: urlSchemeOf(head.vars),
+          signal: this.controller.signal,
+        },
+        this.sink(),
+        context,
+      );
+    } finally {
+      done?.();
+    }
     if (this.options.accessLog) {
       const line = `${environ.REQUEST_METHOD} ${environ.REQUEST_URI} ${environ.SERVER_PROTOCOL}`;
       this.options.accessLog.write(commonLogLine(head.vars.REMOTE_ADDR, started, line, outcome));

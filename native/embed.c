@@ -26,7 +26,12 @@
  * is re-created after a short pause; the child survives (P8).
  *
  * child_stopping (non-graceful) makes waiting request threads give up at once (P15).
- * Not yet: the event-loop watchdog. See docs/embedded.md.
+ *
+ * The watchdog (TSGIEventLoopTimeout, P18): a thread of the child pings the event loop
+ * (uv_async_send) while requests wait on it. A ping not answered within the timeout
+ * means the loop is blocked (a `while (true)`, a long sync call): the waiting requests
+ * get 504 at once, and the Environment is stopped (node::Stop: TerminateExecution
+ * breaks running JS) and re-created like after process.exit().
  */
 #include "httpd.h"
 #include "http_config.h"
@@ -122,6 +127,7 @@ typedef struct tsgi_job {
     tsgi_chunk_t *chunks, **chunks_tail;
     int state;
     char *failure; /* why, for JOB_FAILED (malloc'd) */
+    int fail_status; /* for JOB_FAILED: the HTTP status when not 502 (504: watchdog) */
     int gone;      /* the request thread has left */
     size_t out_queued; /* response bytes written by JS, not yet flushed */
     int out_blocked;   /* write() said false: DRAIN is owed */
@@ -194,7 +200,8 @@ static void tsgi_job_finish_locked(tsgi_job_t *job, int state, const char *why)
  * The runtime of this child
  * --------------------------------------------------------------------------------- */
 
-enum { RT_OFF = 0, RT_STARTING, RT_READY, RT_FAILED, RT_STOPPED };
+/* RT_STALLED: the watchdog stopped a blocked Environment; a new one follows. */
+enum { RT_OFF = 0, RT_STARTING, RT_READY, RT_FAILED, RT_STOPPED, RT_STALLED };
 
 static struct {
     pthread_mutex_t mu;
@@ -221,12 +228,40 @@ static struct {
     tsgi_job_t *live;                    /* dispatched, not finished; under mu */
     tsgi_job_t *evq_head, *evq_tail;     /* jobs with events for JS; under mu */
     tsgi_job_t *ported;                  /* jobs with a JS event function; Node thread only */
-} rt = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, RT_OFF, "", 0, 0, 0, 0, 0, NULL, 0, 0,
-        {0}, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+
+    /* The watchdog (under mu): timeout in seconds (0: off), an unanswered ping and when
+     * it was sent, when the watchdog stopped the Environment. */
+    int wd_timeout;
+    int wd_ping;
+    int64_t wd_ping_sent, wd_fired_at;
+    int wd_warned;
+    pthread_cond_t wd_cv;
+    pthread_t wd_thread;
+    int wd_started;
+} rt = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .state = RT_OFF,
+        .wd_cv = PTHREAD_COND_INITIALIZER};
+
+/* CLOCK_MONOTONIC in milliseconds. */
+static int64_t tsgi_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static int tsgi_hard_stop(void)
 {
     return __atomic_load_n(&rt.hard_stop, __ATOMIC_ACQUIRE) || __atomic_load_n(&rt.stopping, __ATOMIC_ACQUIRE);
+}
+
+/* The watchdog has stopped this Environment: JS calls that fail now are expected. */
+static int tsgi_stalled(void)
+{
+    int stalled;
+    pthread_mutex_lock(&rt.mu);
+    stalled = rt.state == RT_STALLED;
+    pthread_mutex_unlock(&rt.mu);
+    return stalled;
 }
 
 static void tsgi_live_remove_locked(tsgi_job_t *job)
@@ -269,6 +304,36 @@ static void tsgi_fail_all_locked(const char *why)
         tsgi_job_release(job);
     }
     rt.evq_head = rt.evq_tail = NULL;
+}
+
+/* The watchdog: fails the jobs waiting on a blocked Environment (inbox and live) with
+ * `status` (with rt.mu held). Their events stay queued: the Environment's
+ * end releases them. */
+static void tsgi_fail_waiting_locked(int status, const char *why)
+{
+    tsgi_job_t *job, *next;
+    for (job = rt.inbox_head; job; job = next) {
+        next = job->next;
+        job->next = NULL;
+        pthread_mutex_lock(&job->mu);
+        if (job->state == JOB_RUNNING)
+            job->fail_status = status;
+        tsgi_job_finish_locked(job, JOB_FAILED, why);
+        pthread_mutex_unlock(&job->mu);
+        tsgi_job_release(job);
+    }
+    rt.inbox_head = rt.inbox_tail = NULL;
+    for (job = rt.live; job; job = next) {
+        next = job->live_next;
+        job->live_prev = job->live_next = NULL;
+        pthread_mutex_lock(&job->mu);
+        if (job->state == JOB_RUNNING)
+            job->fail_status = status;
+        tsgi_job_finish_locked(job, JOB_FAILED, why);
+        pthread_mutex_unlock(&job->mu);
+        tsgi_job_release(job);
+    }
+    rt.live = NULL;
 }
 
 /* Request thread: tells JS about `bits` (EV_*) of a job. Dropped when the job's
@@ -670,6 +735,15 @@ static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
     /* make_callback (not call_function): nextTicks and microtasks run after it. The
      * receiver must be an object (P1). */
     st = napi_make_callback(env, rt.actx, global, fn, 8, argv, &result);
+    if (st != napi_ok && tsgi_stalled()) {
+        /* TerminateExecution from the watchdog ended this call; the job has its 504. */
+        if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+            napi_value exc;
+            if (napi_get_and_clear_last_exception(env, &exc) != napi_ok)
+                ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, rt.server, "napi_get_and_clear_last_exception failed");
+        }
+        return;
+    }
     if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
         napi_value exc, str;
         char *msg = NULL;
@@ -771,7 +845,9 @@ static void tsgi_call_port(napi_env env, tsgi_job_t *job, int kind, const tsgi_c
     }
     return;
 fail:
-    ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0114: cannot deliver event %d for %s", kind, job->script);
+    if (!tsgi_stalled())
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0114: cannot deliver event %d for %s", kind,
+                     job->script);
 }
 
 /* Hands a job's pending events (bits) to its JS event function. */
@@ -876,6 +952,7 @@ static void tsgi_async_cb(uv_async_t *handle)
     (void)handle;
 
     pthread_mutex_lock(&rt.mu);
+    rt.wd_ping = 0; /* the loop turns */
     job = rt.inbox_head;
     rt.inbox_head = rt.inbox_tail = NULL;
     /* Each job moves to the live list, keeping the inbox's reference; this callback
@@ -896,7 +973,7 @@ static void tsgi_async_cb(uv_async_t *handle)
         next = job->next;
         job->next = NULL;
         pthread_mutex_lock(&job->mu);
-        gone = job->gone;
+        gone = job->gone || job->state != JOB_RUNNING; /* left, or failed by the watchdog */
         pthread_mutex_unlock(&job->mu);
         if (gone) {
             int was_live;
@@ -931,6 +1008,8 @@ static void tsgi_on_ready(void *data)
     (void)data;
     pthread_mutex_lock(&rt.mu);
     rt.state = RT_READY;
+    rt.wd_ping = 0;
+    rt.wd_warned = 0;
     pthread_cond_broadcast(&rt.cv);
     pthread_mutex_unlock(&rt.mu);
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, rt.server, "TSGI0120: embedded runtime ready (Node %s, pid %ld)",
@@ -1006,7 +1085,7 @@ static void *tsgi_node_main(void *arg)
         rc = tsgi_shim_run(tsgi_bootstrap_source, &hooks, err, sizeof(err));
 
         pthread_mutex_lock(&rt.mu);
-        was_ready = rt.state == RT_READY;
+        was_ready = rt.state == RT_READY || rt.state == RT_STALLED;
         rt.generation++;
         tsgi_fail_all_locked("the Node environment ended");
         if (rt.stopping) {
@@ -1047,6 +1126,94 @@ static void *tsgi_node_main(void *arg)
     return NULL;
 }
 
+/*
+ * The watchdog thread (TSGIEventLoopTimeout, P18). While requests wait on the Node
+ * thread (queued, dispatched and not finished, or with events for JS), it pings the
+ * event loop with uv_async_send; tsgi_async_cb answers. An idle loop answers at once
+ * (the ping wakes it); a loop blocked in JS or in a sync call does not. A ping left
+ * unanswered for the timeout fails the waiting requests with 504 and stops the
+ * Environment (node::Stop: TerminateExecution breaks running JS, then the loop ends);
+ * tsgi_node_main re-creates it.
+ */
+static void *tsgi_watchdog_main(void *arg)
+{
+    int64_t timeout_ms = (int64_t)rt.wd_timeout * 1000, tick_ms = timeout_ms / 4;
+    (void)arg;
+
+    if (tick_ms > 1000)
+        tick_ms = 1000;
+    if (tick_ms < 100)
+        tick_ms = 100;
+    pthread_mutex_lock(&rt.mu);
+    while (!rt.stopping) {
+        struct timespec until;
+        int64_t now;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += (long)(tick_ms % 1000) * 1000000L;
+        until.tv_sec += (time_t)(tick_ms / 1000) + until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&rt.wd_cv, &rt.mu, &until);
+        if (rt.stopping)
+            break;
+        now = tsgi_now_ms();
+        if (rt.state == RT_STALLED) {
+            /* TerminateExecution cannot interrupt a blocking system call. */
+            if (!rt.wd_warned && now - rt.wd_fired_at > timeout_ms) {
+                rt.wd_warned = 1;
+                ap_log_error(APLOG_MARK, APLOG_CRIT, 0, rt.server,
+                             "TSGI0131: the Node thread of this child has not stopped %d s after the watchdog "
+                             "stopped its environment (blocked outside JavaScript?); requests get 503 until it does",
+                             rt.wd_timeout);
+            }
+            continue;
+        }
+        if (rt.state != RT_READY || !rt.async_live || !(rt.inbox_head || rt.live || rt.evq_head)) {
+            rt.wd_ping = 0;
+            continue;
+        }
+        if (!rt.wd_ping) {
+            int rc;
+            rt.wd_ping = 1;
+            rt.wd_ping_sent = now;
+            if ((rc = uv_async_send(&rt.async)) != 0)
+                ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0105: uv_async_send failed (%d)", rc);
+            continue;
+        }
+        if (now - rt.wd_ping_sent < timeout_ms)
+            continue;
+        {
+            char why[160];
+            int n;
+            apr_snprintf(why, sizeof(why),
+                         "the Node event loop of this child was blocked for more than %d s (TSGIEventLoopTimeout)",
+                         rt.wd_timeout);
+            tsgi_job_t *job;
+            /* No new job joins a STALLED runtime (tsgi_embed_handle waits for the next). */
+            rt.state = RT_STALLED;
+            rt.wd_ping = 0;
+            rt.wd_fired_at = now;
+            rt.wd_warned = 0;
+            n = 0;
+            for (job = rt.inbox_head; job; job = job->next)
+                n++;
+            for (job = rt.live; job; job = job->live_next)
+                n++;
+            pthread_mutex_unlock(&rt.mu);
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server,
+                         "TSGI0130: watchdog: the Node event loop has not turned for %d s; %d waiting request(s) "
+                         "get 504, and the Node environment is stopped and re-created",
+                         rt.wd_timeout, n);
+            pthread_mutex_lock(&rt.mu);
+            tsgi_fail_waiting_locked(HTTP_GATEWAY_TIME_OUT, why);
+            pthread_mutex_unlock(&rt.mu);
+            tsgi_shim_stop(0);
+            pthread_mutex_lock(&rt.mu);
+        }
+    }
+    pthread_mutex_unlock(&rt.mu);
+    return NULL;
+}
+
 /* pchild cleanup: stop Node, join its thread (embedding.md §2.1). */
 static apr_status_t tsgi_child_exit(void *data)
 {
@@ -1055,7 +1222,14 @@ static apr_status_t tsgi_child_exit(void *data)
     __atomic_store_n(&rt.stopping, 1, __ATOMIC_RELEASE);
     tsgi_fail_all_locked("the Apache child is stopping");
     pthread_cond_broadcast(&rt.cv);
+    pthread_cond_broadcast(&rt.wd_cv);
     pthread_mutex_unlock(&rt.mu);
+    if (rt.wd_started) {
+        int rc = pthread_join(rt.wd_thread, NULL);
+        if (rc != 0)
+            ap_log_error(APLOG_MARK, APLOG_ERR, rc, rt.server, "TSGI0125: pthread_join of the watchdog failed");
+        rt.wd_started = 0;
+    }
     tsgi_shim_stop(1);
     if (rt.thread_started) {
         int rc = pthread_join(rt.thread, NULL);
@@ -1117,7 +1291,7 @@ int tsgi_embed_post_config(apr_pool_t *pconf, server_rec *s)
     return OK;
 }
 
-void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s)
+void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s, const tsgi_embed_config_t *cfg)
 {
     sigset_t all, old;
     pthread_attr_t attr;
@@ -1126,6 +1300,7 @@ void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s)
     rt.server = s;
     rt.stopping = 0;
     rt.hard_stop = 0;
+    rt.wd_timeout = cfg->event_loop_timeout;
     if (ap_mpm_query(AP_MPMQ_IS_THREADED, &threaded) != APR_SUCCESS)
         threaded = 0;
     if (ap_mpm_query(AP_MPMQ_IS_FORKED, &forked) != APR_SUCCESS)
@@ -1152,6 +1327,13 @@ void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s)
     }
     pthread_sigmask(SIG_BLOCK, &all, &old);
     rc = pthread_create(&rt.thread, &attr, tsgi_node_main, NULL);
+    if (rc == 0 && rt.wd_timeout > 0) {
+        int wrc = pthread_create(&rt.wd_thread, NULL, tsgi_watchdog_main, NULL);
+        if (wrc != 0)
+            ap_log_error(APLOG_MARK, APLOG_CRIT, wrc, s,
+                         "TSGI0128: cannot create the watchdog thread: blocked event loops go unnoticed");
+        rt.wd_started = wrc == 0;
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
@@ -1177,7 +1359,7 @@ static int tsgi_wait_ready(request_rec *r, const char *script)
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += TSGI_START_WAIT_SEC;
     pthread_mutex_lock(&rt.mu);
-    while (rt.state == RT_STARTING && !rt.stopping && !rt.hard_stop) {
+    while ((rt.state == RT_STARTING || rt.state == RT_STALLED) && !rt.stopping && !rt.hard_stop) {
         if (pthread_cond_timedwait(&rt.cv, &rt.mu, &until) == ETIMEDOUT)
             break;
     }
@@ -1578,6 +1760,17 @@ int tsgi_embed_handle(const tsgi_embed_request_t *req)
         }
         else {
             rc = tsgi_hard_stop() ? HTTP_SERVICE_UNAVAILABLE : HTTP_GATEWAY_TIME_OUT;
+        }
+    }
+    else if (job->fail_status == HTTP_GATEWAY_TIME_OUT) { /* the watchdog */
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "TSGI0109: %s: %s", req->script,
+                      job->failure ? job->failure : "the Node event loop was blocked");
+        if (head_applied) {
+            tsgi_abort_response(r);
+            rc = OK;
+        }
+        else {
+            rc = HTTP_GATEWAY_TIME_OUT;
         }
     }
     else { /* JOB_FAILED */

@@ -20,11 +20,18 @@ typedef struct {
     int script_reloading;          /* 1: reload the script when its file changes */
 } tsgi_embed_request_t;
 
+/* Process-wide settings of the runtime (main server config only). */
+typedef struct {
+    int event_loop_timeout; /* TSGIEventLoopTimeout: seconds, 0 = no watchdog */
+} tsgi_embed_config_t;
+
+#define TSGI_DEFAULT_EVENT_LOOP_TIMEOUT 30
+
 /* post_config, in the parent: per-generation state only (nothing Node-related, P2). */
 int tsgi_embed_post_config(apr_pool_t *pconf, server_rec *s);
 
 /* child_init, in each child after fork and privilege drop: starts the runtime. */
-void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s);
+void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s, const tsgi_embed_config_t *cfg);
 
 /* child_stopping (Apache >= 2.4.49): graceful=0 makes waiting requests give up now. */
 void tsgi_embed_child_stopping(apr_pool_t *pchild, int graceful);

@@ -19,10 +19,11 @@ int tsgi_embed_post_config(apr_pool_t *pconf, server_rec *s)
     return OK;
 }
 
-void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s)
+void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s, const tsgi_embed_config_t *cfg)
 {
     (void)pchild;
     (void)s;
+    (void)cfg;
 }
 
 void tsgi_embed_child_stopping(apr_pool_t *pchild, int graceful)

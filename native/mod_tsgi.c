@@ -26,6 +26,9 @@
 
 #include "embed.h"
 
+#include <errno.h>
+#include <stdlib.h>
+
 #ifndef TSGI_VERSION
 #define TSGI_VERSION "0.0.0"
 #endif
@@ -57,6 +60,7 @@ typedef struct {
 
 typedef struct {
     apr_array_header_t *aliases; /* of tsgi_alias_t */
+    int event_loop_timeout;      /* TSGIEventLoopTimeout (main server only), TSGI_UNSET */
 } tsgi_server_conf_t;
 
 /* Per-directory; also the server-wide defaults (directives given outside any container). */
@@ -72,6 +76,7 @@ static void *tsgi_create_server_conf(apr_pool_t *p, server_rec *s)
     tsgi_server_conf_t *conf = apr_pcalloc(p, sizeof(*conf));
     (void)s;
     conf->aliases = apr_array_make(p, 4, sizeof(tsgi_alias_t));
+    conf->event_loop_timeout = TSGI_UNSET;
     return conf;
 }
 
@@ -81,6 +86,7 @@ static void *tsgi_merge_server_conf(apr_pool_t *p, void *base_, void *add_)
     tsgi_server_conf_t *conf = apr_pcalloc(p, sizeof(*conf));
     /* As mod_alias and mod_wsgi: the virtual host's aliases first, then the main server's. */
     conf->aliases = apr_array_append(p, add->aliases, base->aliases);
+    conf->event_loop_timeout = base->event_loop_timeout;
     return conf;
 }
 
@@ -380,6 +386,37 @@ static const char *tsgi_cmd_application_group(cmd_parms *cmd, void *mconfig, con
     return NULL;
 }
 
+/*
+ * TSGIEventLoopTimeout seconds|Off: the watchdog of each Node event loop (main server
+ * config only; the analogue of mod_wsgi's deadlock-timeout). When requests wait on a
+ * loop that has not turned for this long, they get 504 and its environment is stopped
+ * and re-created.
+ */
+static const char *tsgi_cmd_event_loop_timeout(cmd_parms *cmd, void *mconfig, const char *value)
+{
+    tsgi_server_conf_t *sconf = ap_get_module_config(cmd->server->module_config, &tsgi_module);
+    const char *err;
+    char *end = NULL;
+    long n;
+    (void)mconfig;
+
+    if ((err = ap_check_cmd_context(cmd, GLOBAL_ONLY)) != NULL)
+        return err;
+    if (!strcasecmp(value, "Off")) {
+        sconf->event_loop_timeout = 0;
+        return NULL;
+    }
+    errno = 0;
+    n = strtol(value, &end, 10);
+    if (errno != 0 || end == value || *end != '\0' || n < 1 || n > 86400) {
+        return apr_psprintf(cmd->pool,
+                            "TSGIEventLoopTimeout: expected a number of seconds from 1 to 86400, or Off, got '%s'",
+                            value);
+    }
+    sconf->event_loop_timeout = (int)n;
+    return NULL;
+}
+
 static const command_rec tsgi_commands[] = {
     AP_INIT_TAKE_ARGV("TSGIScriptAlias", tsgi_cmd_script_alias, NULL, RSRC_CONF,
                       "URL-path, script file or directory, [application-group=name] "
@@ -396,6 +433,9 @@ static const command_rec tsgi_commands[] = {
     AP_INIT_TAKE1("TSGIApplicationGroup", tsgi_cmd_application_group, NULL, ACCESS_CONF | RSRC_CONF,
                   "application group: a name, %{GLOBAL}, %{SERVER}, %{RESOURCE} (default) "
                   "or %{ENV:variable}"),
+    AP_INIT_TAKE1("TSGIEventLoopTimeout", tsgi_cmd_event_loop_timeout, NULL, RSRC_CONF,
+                  "seconds a Node event loop may stay blocked while requests wait before they get 504 "
+                  "and its environment is re-created (default 30), or Off"),
     {NULL}
 };
 
@@ -841,7 +881,11 @@ static int tsgi_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *pte
 
 static void tsgi_child_init(apr_pool_t *pchild, server_rec *s)
 {
-    tsgi_embed_child_init(pchild, s);
+    const tsgi_server_conf_t *sconf = ap_get_module_config(s->module_config, &tsgi_module);
+    tsgi_embed_config_t cfg;
+    cfg.event_loop_timeout =
+        sconf->event_loop_timeout == TSGI_UNSET ? TSGI_DEFAULT_EVENT_LOOP_TIMEOUT : sconf->event_loop_timeout;
+    tsgi_embed_child_init(pchild, s, &cfg);
 }
 
 /* A stopping child (mpm_common.h, Apache >= 2.4.49): see tsgi_embed_child_stopping. */

@@ -29,6 +29,9 @@ interface BadCase {
 }
 
 const BAD: BadCase[] = [
+  { name: 'TSGIEventLoopTimeout 0', config: 'TSGIEventLoopTimeout 0', reason: "TSGIEventLoopTimeout: expected a number of seconds from 1 to 86400, or Off, got '0'" },
+  { name: 'TSGIEventLoopTimeout not a number', config: 'TSGIEventLoopTimeout 3s', reason: "TSGIEventLoopTimeout: expected a number of seconds from 1 to 86400, or Off, got '3s'" },
+  { name: 'TSGIEventLoopTimeout in a virtual host', config: '<VirtualHost 127.0.0.1:80>\nTSGIEventLoopTimeout 5\n</VirtualHost>', line: 1, reason: 'TSGIEventLoopTimeout cannot occur within <VirtualHost> section' },
   { name: 'TSGIScriptAlias without a leading slash', config: `TSGIScriptAlias rest ${APP}`, reason: "TSGIScriptAlias: URL-path must start with '/', got 'rest'" },
   { name: 'TSGIScriptAlias with one argument', config: 'TSGIScriptAlias /rest', reason: 'TSGIScriptAlias: expected a URL-path and a script path' },
   {
@@ -121,6 +124,8 @@ describe('configtest: valid configurations', () => {
         'TSGIScriptReloading Off',
         'TSGIPassAuthorization on',
         'TSGIApplicationGroup %{SERVER}',
+        'TSGIEventLoopTimeout 45',
+        'TSGIEventLoopTimeout off',
         '<VirtualHost 127.0.0.1:*>',
         '  ServerName v.test',
         `  TSGIScriptAlias /v ${APP} application-group=%{ENV:APP_GROUP}`,

@@ -3,7 +3,8 @@
  * build/native-asan/, `-DTSGI_SANITIZE=address,undefined`) in a private Apache with
  * libasan preloaded, embedded runtime included. One server runs a representative load:
  * every directive form, the golden mapping table's URLs, apps that stream, read a POST
- * body, throw, log and call process.exit() (the Environment is torn down and re-created).
+ * body, throw, log and call process.exit() (the Environment is torn down and re-created),
+ * and one that blocks its event loop until the watchdog stops it.
  * Then Apache stops, every child runs its leak check at exit, and `apache2 -t` runs on
  * broken configs (the directive error paths). Any sanitizer report fails the test.
  * docs/embedded.md "Sanitizers" says what is suppressed (native/lsan.supp) and why.
@@ -68,6 +69,10 @@ export function handler(environ: any, startResponse: any) {
   startResponse('200 OK', [['Content-Type', 'text/plain']]);
   return body();
 }`,
+  // The watchdog (TSGIEventLoopTimeout) fails the request from its own thread and
+  // stops the Environment while JS runs.
+  'apps/scripts/spin.tsgi': `
+export function handler(environ: any, startResponse: any) { for (;;) { /* blocked */ } }`,
   'static/file.txt': 'static file\n',
 };
 
@@ -154,6 +159,7 @@ MinSpareThreads 1
 MaxSpareThreads 16
 ThreadsPerChild 16
 MaxRequestWorkers 16
+TSGIEventLoopTimeout 3
 
 Header always set X-Tsgi-Script-Name "%{mod_tsgi.script_name}e" env=mod_tsgi.script_name
 Header always set X-Tsgi-Application-Group "%{mod_tsgi.application_group}e" env=mod_tsgi.script_name
@@ -266,6 +272,14 @@ describe('mod_tsgi under ASan + LSan + UBSan', () => {
       const r = await get('/rest/after-exit');
       expect(r.status).toBe(200);
     }
+  });
+
+  it('the watchdog: a blocked event loop gets 504, the Environment is stopped and re-created', async () => {
+    const mark = apache.logMark();
+    expect((await get('/wsgi/spin.tsgi')).status).toBe(504);
+    await apache.waitForLog(/TSGI0130: watchdog/, 30_000, mark);
+    await apache.waitForLog(/TSGI0120: embedded runtime ready/, 30_000, mark);
+    expect((await get('/rest/after-spin')).status).toBe(200);
   });
 
   it('graceful restart: the config is read again, the old child exits (and checks for leaks)', async () => {

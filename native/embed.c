@@ -2,10 +2,19 @@
  * Embedded mode: a Node.js runtime (Debian's libnode108) inside each Apache child, as
  * shared/reference/embedding.md §2 describes and measured.
  *
- *   child_init   starts one Node thread per child, with every asynchronous signal
- *                blocked (SIGCHLD unblocked on that thread only, P6); it initialises node
- *                and V8 there and runs the bootstrap (dist/embedded/bootstrap.js), which
- *                registers the request handler through the "tsgi" Node-API binding.
+ *   groups       each application group (TSGIApplicationGroup) runs in a Node
+ *                Environment of its own (its own isolate: globals, module cache, heap;
+ *                its own event loop, inbox and Node thread), so apps in different groups
+ *                never share module state, and a blocked or exiting group leaves the
+ *                others serving. All share the process-wide part (node's per-process
+ *                init, V8, the platform). docs/embedded.md "Application groups" has the
+ *                choice and its measured cost.
+ *   child_init   starts the first Node thread, with every asynchronous signal blocked
+ *                (SIGCHLD unblocked on Node threads only, P6); it initialises node and
+ *                V8 there and runs the bootstrap (dist/embedded/bootstrap.js), which
+ *                registers the request handler through the "tsgi" Node-API binding. The
+ *                first request claims that Environment for its group; each other group
+ *                gets its Node thread and Environment on its first request.
  *   handler      (request thread) copies the request into a job, posts it to the inbox
  *                and wakes the Node thread (uv_async_send); then it waits on the job's
  *                condition variable and does all Apache I/O itself: the head, response
@@ -75,6 +84,7 @@ APLOG_USE_MODULE(tsgi);
 #define TSGI_HIGH_WATER (64 * 1024)  /* response bytes queued before write() says "wait" */
 #define TSGI_READ_BYTES (64 * 1024)  /* request-body bytes per read() credit */
 #define TSGI_WAIT_SLICE_MS 200       /* how often a waiting request thread looks at its client */
+#define TSGI_MAX_GROUPS 64           /* application groups (Node environments) per child */
 
 /* Event bits, request thread -> Node thread (under rt.mu). */
 #define EV_BODY 1u  /* a body chunk, the end of the body, or a read failure is queued */
@@ -144,6 +154,7 @@ typedef struct tsgi_job {
     struct tsgi_job *port_prev, *port_next;
 
     unsigned generation;
+    struct tsgi_group *grp; /* the application group it runs in */
     struct tsgi_job *next; /* inbox */
     struct tsgi_job *live_prev, *live_next;
 } tsgi_job_t;
@@ -203,19 +214,25 @@ static void tsgi_job_finish_locked(tsgi_job_t *job, int state, const char *why)
 /* RT_STALLED: the watchdog stopped a blocked Environment; a new one follows. */
 enum { RT_OFF = 0, RT_STARTING, RT_READY, RT_FAILED, RT_STOPPED, RT_STALLED };
 
-static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
+/*
+ * An application group (TSGIApplicationGroup): its own Node Environment, with its own
+ * isolate (globals, module cache, heap), event loop and Node thread. Groups share the
+ * process-wide part (node's per-process init, V8, the platform and its workers). The
+ * first group's thread is started in child_init (so the first request finds a ready
+ * Environment) and is claimed by the first group asked for; the others start on their
+ * first request. Groups live until the child exits. Everything here is under rt.mu
+ * unless it says "Node thread only".
+ */
+typedef struct tsgi_group {
+    struct tsgi_group *next; /* rt.groups */
+    char *name;              /* malloc'd; NULL: started in child_init, not claimed yet */
+    int first;               /* the thread that also does the process init and teardown */
     int state;
     char failure[512];
     unsigned generation;
-    int stopping;  /* the pchild cleanup runs */
-    int hard_stop; /* child_stopping, not graceful: waiting request threads give up (P15) */
-
     pthread_t thread;
     int thread_started;
-    server_rec *server;
-    int multithread, multiprocess;
+    tsgi_shim_slot_t *slot;
 
     /* Node thread only, valid while an Environment runs. */
     uv_async_t async;
@@ -229,17 +246,47 @@ static struct {
     tsgi_job_t *evq_head, *evq_tail;     /* jobs with events for JS; under mu */
     tsgi_job_t *ported;                  /* jobs with a JS event function; Node thread only */
 
-    /* The watchdog (under mu): timeout in seconds (0: off), an unanswered ping and when
-     * it was sent, when the watchdog stopped the Environment. */
-    int wd_timeout;
+    /* The watchdog: an unanswered ping and when it was sent, when it stopped the
+     * Environment, whether TSGI0131 was logged. */
     int wd_ping;
     int64_t wd_ping_sent, wd_fired_at;
     int wd_warned;
+} tsgi_group_t;
+
+/* The group whose Node thread this is (Node threads only). */
+static __thread tsgi_group_t *tl_group;
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stopping;  /* the pchild cleanup runs */
+    int hard_stop; /* child_stopping, not graceful: waiting request threads give up (P15) */
+    server_rec *server;
+    int multithread, multiprocess;
+
+    /* The process-wide part of Node (run by the first group's thread). */
+    int init_state; /* RT_STARTING, RT_READY, RT_FAILED */
+    char init_failure[512];
+
+    tsgi_group_t *groups;
+    int ngroups;
+    int threads_running; /* group threads not yet ended */
+
+    /* The watchdog: timeout in seconds (0: off). */
+    int wd_timeout;
     pthread_cond_t wd_cv;
     pthread_t wd_thread;
     int wd_started;
-} rt = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .state = RT_OFF,
+} rt = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .init_state = RT_OFF,
         .wd_cv = PTHREAD_COND_INITIALIZER};
+
+/* A group's name for log lines ("" is %{GLOBAL}); call with rt.mu held or on its thread. */
+static const char *tsgi_group_label(const tsgi_group_t *g)
+{
+    if (!g->name)
+        return "(not claimed yet)";
+    return *g->name ? g->name : "%{GLOBAL}";
+}
 
 /* CLOCK_MONOTONIC in milliseconds. */
 static int64_t tsgi_now_ms(void)
@@ -255,39 +302,40 @@ static int tsgi_hard_stop(void)
 }
 
 /* The watchdog has stopped this Environment: JS calls that fail now are expected. */
-static int tsgi_stalled(void)
+static int tsgi_stalled(tsgi_group_t *g)
 {
     int stalled;
     pthread_mutex_lock(&rt.mu);
-    stalled = rt.state == RT_STALLED;
+    stalled = g->state == RT_STALLED;
     pthread_mutex_unlock(&rt.mu);
     return stalled;
 }
 
 static void tsgi_live_remove_locked(tsgi_job_t *job)
 {
+    tsgi_group_t *g = job->grp;
     if (job->live_prev)
         job->live_prev->live_next = job->live_next;
-    else if (rt.live == job)
-        rt.live = job->live_next;
+    else if (g->live == job)
+        g->live = job->live_next;
     if (job->live_next)
         job->live_next->live_prev = job->live_prev;
     job->live_prev = job->live_next = NULL;
 }
 
 /* The Environment has ended: fail everything it had (with rt.mu held). */
-static void tsgi_fail_all_locked(const char *why)
+static void tsgi_fail_all_locked(tsgi_group_t *g, const char *why)
 {
     tsgi_job_t *job, *next;
-    for (job = rt.inbox_head; job; job = next) {
+    for (job = g->inbox_head; job; job = next) {
         next = job->next;
         pthread_mutex_lock(&job->mu);
         tsgi_job_finish_locked(job, JOB_FAILED, why);
         pthread_mutex_unlock(&job->mu);
         tsgi_job_release(job);
     }
-    rt.inbox_head = rt.inbox_tail = NULL;
-    for (job = rt.live; job; job = next) {
+    g->inbox_head = g->inbox_tail = NULL;
+    for (job = g->live; job; job = next) {
         next = job->live_next;
         job->live_prev = job->live_next = NULL;
         pthread_mutex_lock(&job->mu);
@@ -295,24 +343,24 @@ static void tsgi_fail_all_locked(const char *why)
         pthread_mutex_unlock(&job->mu);
         tsgi_job_release(job);
     }
-    rt.live = NULL;
-    for (job = rt.evq_head; job; job = next) {
+    g->live = NULL;
+    for (job = g->evq_head; job; job = next) {
         next = job->ev_next;
         job->ev_next = NULL;
         job->ev = 0;
         job->in_evq = 0;
         tsgi_job_release(job);
     }
-    rt.evq_head = rt.evq_tail = NULL;
+    g->evq_head = g->evq_tail = NULL;
 }
 
 /* The watchdog: fails the jobs waiting on a blocked Environment (inbox and live) with
  * `status` (with rt.mu held). Their events stay queued: the Environment's
  * end releases them. */
-static void tsgi_fail_waiting_locked(int status, const char *why)
+static void tsgi_fail_waiting_locked(tsgi_group_t *g, int status, const char *why)
 {
     tsgi_job_t *job, *next;
-    for (job = rt.inbox_head; job; job = next) {
+    for (job = g->inbox_head; job; job = next) {
         next = job->next;
         job->next = NULL;
         pthread_mutex_lock(&job->mu);
@@ -322,8 +370,8 @@ static void tsgi_fail_waiting_locked(int status, const char *why)
         pthread_mutex_unlock(&job->mu);
         tsgi_job_release(job);
     }
-    rt.inbox_head = rt.inbox_tail = NULL;
-    for (job = rt.live; job; job = next) {
+    g->inbox_head = g->inbox_tail = NULL;
+    for (job = g->live; job; job = next) {
         next = job->live_next;
         job->live_prev = job->live_next = NULL;
         pthread_mutex_lock(&job->mu);
@@ -333,28 +381,29 @@ static void tsgi_fail_waiting_locked(int status, const char *why)
         pthread_mutex_unlock(&job->mu);
         tsgi_job_release(job);
     }
-    rt.live = NULL;
+    g->live = NULL;
 }
 
 /* Request thread: tells JS about `bits` (EV_*) of a job. Dropped when the job's
  * Environment has ended (its JS is gone with it). */
 static void tsgi_post_event(request_rec *r, tsgi_job_t *job, unsigned bits)
 {
+    tsgi_group_t *g = job->grp;
     int rc = 0;
     pthread_mutex_lock(&rt.mu);
-    if (rt.async_live && job->generation == rt.generation) {
+    if (g->async_live && job->generation == g->generation) {
         job->ev |= bits;
         if (!job->in_evq) {
             job->in_evq = 1;
             tsgi_job_retain(job);
             job->ev_next = NULL;
-            if (rt.evq_tail)
-                rt.evq_tail->ev_next = job;
+            if (g->evq_tail)
+                g->evq_tail->ev_next = job;
             else
-                rt.evq_head = job;
-            rt.evq_tail = job;
+                g->evq_head = job;
+            g->evq_tail = job;
         }
-        rc = uv_async_send(&rt.async);
+        rc = uv_async_send(&g->async);
     }
     pthread_mutex_unlock(&rt.mu);
     if (rc != 0)
@@ -404,6 +453,7 @@ static tsgi_job_t *tsgi_js_job(napi_env env, napi_value v)
 /* setHandler(fn): the function the Node thread calls for each request. */
 static napi_value tsgi_js_set_handler(napi_env env, napi_callback_info info)
 {
+    tsgi_group_t *g = tl_group;
     size_t argc = 1;
     napi_value argv[1];
     napi_valuetype type;
@@ -413,11 +463,15 @@ static napi_value tsgi_js_set_handler(napi_env env, napi_callback_info info)
         napi_throw_type_error(env, NULL, "setHandler(fn): fn must be a function");
         return NULL;
     }
-    if (rt.handler) {
-        NAPI_OK(env, napi_delete_reference(env, rt.handler));
-        rt.handler = NULL;
+    if (!g || g->env != env) {
+        napi_throw_error(env, NULL, "setHandler(): not the Environment of an application group");
+        return NULL;
     }
-    NAPI_OK(env, napi_create_reference(env, argv[0], 1, &rt.handler));
+    if (g->handler) {
+        NAPI_OK(env, napi_delete_reference(env, g->handler));
+        g->handler = NULL;
+    }
+    NAPI_OK(env, napi_create_reference(env, argv[0], 1, &g->handler));
     return NULL;
 }
 
@@ -598,7 +652,7 @@ static napi_value tsgi_js_end(napi_env env, napi_callback_info info)
         why = tsgi_js_string(env, argv[2]);
 
     pthread_mutex_lock(&rt.mu);
-    was_live = job->live_prev || job->live_next || rt.live == job;
+    was_live = job->live_prev || job->live_next || job->grp->live == job;
     if (was_live)
         tsgi_live_remove_locked(job);
     pthread_mutex_unlock(&rt.mu);
@@ -648,6 +702,7 @@ static void tsgi_async_cb(uv_async_t *handle);
 
 static napi_value tsgi_register_binding(napi_env env, napi_value exports)
 {
+    tsgi_group_t *g = tl_group;
     static const struct {
         const char *name;
         napi_callback fn;
@@ -668,20 +723,23 @@ static napi_value tsgi_register_binding(napi_env env, napi_value exports)
     NAPI_OK(env, napi_get_boolean(env, rt.multiprocess, &v));
     NAPI_OK(env, napi_set_named_property(env, exports, "multiprocess", v));
 
-    if (rt.env == env)
+    if (!g) /* not a group's Node thread (a Worker has no linked bindings of ours) */
         return exports;
-    rt.env = env;
-    rt.handler = NULL;
+    if (g->env == env)
+        return exports;
+    g->env = env;
+    g->handler = NULL;
     NAPI_OK(env, napi_create_string_utf8(env, "mod_tsgi.request", NAPI_AUTO_LENGTH, &resource_name));
     NAPI_OK(env, napi_create_object(env, &resource));
-    NAPI_OK(env, napi_async_init(env, resource, resource_name, &rt.actx));
+    NAPI_OK(env, napi_async_init(env, resource, resource_name, &g->actx));
     NAPI_OK(env, napi_get_uv_event_loop(env, &loop));
-    if (uv_async_init(loop, &rt.async, tsgi_async_cb) != 0) {
+    g->async.data = g;
+    if (uv_async_init(loop, &g->async, tsgi_async_cb) != 0) {
         napi_throw_error(env, NULL, "tsgi binding: uv_async_init failed");
         return NULL;
     }
     pthread_mutex_lock(&rt.mu);
-    rt.async_live = 1;
+    g->async_live = 1;
     pthread_mutex_unlock(&rt.mu);
     return exports;
 }
@@ -690,13 +748,14 @@ static napi_value tsgi_register_binding(napi_env env, napi_value exports)
  * group, reloading, scheme) -> the request's event function, kept until DONE. */
 static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
 {
+    tsgi_group_t *g = job->grp;
     napi_value argv[8], fn, global, result, ext, arr, v;
     napi_status st;
     bool pending = false;
     int i;
     const char *why = NULL;
 
-    if (!rt.handler) {
+    if (!g->handler) {
         why = "the bootstrap registered no request handler";
         goto fail;
     }
@@ -728,14 +787,14 @@ static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
         napi_create_string_utf8(env, job->group, NAPI_AUTO_LENGTH, &argv[5]) != napi_ok ||
         napi_get_boolean(env, job->reloading, &argv[6]) != napi_ok ||
         napi_create_string_utf8(env, job->scheme, NAPI_AUTO_LENGTH, &argv[7]) != napi_ok ||
-        napi_get_reference_value(env, rt.handler, &fn) != napi_ok || napi_get_global(env, &global) != napi_ok) {
+        napi_get_reference_value(env, g->handler, &fn) != napi_ok || napi_get_global(env, &global) != napi_ok) {
         why = "preparing the handler call failed";
         goto fail;
     }
     /* make_callback (not call_function): nextTicks and microtasks run after it. The
      * receiver must be an object (P1). */
-    st = napi_make_callback(env, rt.actx, global, fn, 8, argv, &result);
-    if (st != napi_ok && tsgi_stalled()) {
+    st = napi_make_callback(env, g->actx, global, fn, 8, argv, &result);
+    if (st != napi_ok && tsgi_stalled(g)) {
         /* TerminateExecution from the watchdog ended this call; the job has its 504. */
         if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
             napi_value exc;
@@ -769,17 +828,17 @@ static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
         }
         tsgi_job_retain(job); /* the ported list's */
         job->port_prev = NULL;
-        job->port_next = rt.ported;
-        if (rt.ported)
-            rt.ported->port_prev = job;
-        rt.ported = job;
+        job->port_next = g->ported;
+        if (g->ported)
+            g->ported->port_prev = job;
+        g->ported = job;
     }
     return;
 
 fail:
     ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0111: cannot run %s: %s", job->script, why);
     pthread_mutex_lock(&rt.mu);
-    if (job->live_prev || job->live_next || rt.live == job) {
+    if (job->live_prev || job->live_next || g->live == job) {
         tsgi_live_remove_locked(job);
         pthread_mutex_unlock(&rt.mu);
         pthread_mutex_lock(&job->mu);
@@ -795,6 +854,7 @@ fail:
  * Environment: Node-API does not free references with the Environment). */
 static void tsgi_port_drop(napi_env env, tsgi_job_t *job)
 {
+    tsgi_group_t *g = job->grp;
     if (!job->port)
         return;
     if (napi_delete_reference(env, job->port) != napi_ok)
@@ -802,8 +862,8 @@ static void tsgi_port_drop(napi_env env, tsgi_job_t *job)
     job->port = NULL;
     if (job->port_prev)
         job->port_prev->port_next = job->port_next;
-    else if (rt.ported == job)
-        rt.ported = job->port_next;
+    else if (g->ported == job)
+        g->ported = job->port_next;
     if (job->port_next)
         job->port_next->port_prev = job->port_prev;
     job->port_prev = job->port_next = NULL;
@@ -813,6 +873,7 @@ static void tsgi_port_drop(napi_env env, tsgi_job_t *job)
 /* Calls a request's event function: fn(kind[, arg]); arg is a Buffer or a string. */
 static void tsgi_call_port(napi_env env, tsgi_job_t *job, int kind, const tsgi_chunk_t *chunk, const char *text)
 {
+    tsgi_group_t *g = job->grp;
     napi_value fn, global, argv[2], result;
     bool pending = false;
     size_t argc = 1;
@@ -831,7 +892,7 @@ static void tsgi_call_port(napi_env env, tsgi_job_t *job, int kind, const tsgi_c
             goto fail;
         argc = 2;
     }
-    if (napi_make_callback(env, rt.actx, global, fn, argc, argv, &result) != napi_ok &&
+    if (napi_make_callback(env, g->actx, global, fn, argc, argv, &result) != napi_ok &&
         !(napi_is_exception_pending(env, &pending) == napi_ok && pending))
         goto fail;
     if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
@@ -845,7 +906,7 @@ static void tsgi_call_port(napi_env env, tsgi_job_t *job, int kind, const tsgi_c
     }
     return;
 fail:
-    if (!tsgi_stalled())
+    if (!tsgi_stalled(g))
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0114: cannot deliver event %d for %s", kind,
                      job->script);
 }
@@ -893,14 +954,14 @@ static void tsgi_deliver(napi_env env, tsgi_job_t *job, unsigned bits)
 
 /* Delivers the event queue. A job stays marked queued while its events are handed
  * over, so posts meanwhile only add bits; it is queued again if they did. */
-static void tsgi_drain_events(napi_env env)
+static void tsgi_drain_events(tsgi_group_t *g, napi_env env)
 {
     tsgi_job_t *job, *next;
     napi_handle_scope scope;
 
     pthread_mutex_lock(&rt.mu);
-    job = rt.evq_head;
-    rt.evq_head = rt.evq_tail = NULL;
+    job = g->evq_head;
+    g->evq_head = g->evq_tail = NULL;
     pthread_mutex_unlock(&rt.mu);
 
     for (; job; job = next) {
@@ -923,14 +984,14 @@ static void tsgi_drain_events(napi_env env)
         }
 
         pthread_mutex_lock(&rt.mu);
-        if (job->ev && rt.async_live) {
+        if (job->ev && g->async_live) {
             requeued = 1;
-            if (rt.evq_tail)
-                rt.evq_tail->ev_next = job;
+            if (g->evq_tail)
+                g->evq_tail->ev_next = job;
             else
-                rt.evq_head = job;
-            rt.evq_tail = job;
-            if (uv_async_send(&rt.async) != 0)
+                g->evq_head = job;
+            g->evq_tail = job;
+            if (uv_async_send(&g->async) != 0)
                 ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0105: uv_async_send failed");
         }
         else {
@@ -946,25 +1007,25 @@ static void tsgi_drain_events(napi_env env)
 /* The inbox has jobs (uv_async_send coalesces wake-ups: drain it all). */
 static void tsgi_async_cb(uv_async_t *handle)
 {
-    napi_env env = rt.env;
+    tsgi_group_t *g = handle->data;
+    napi_env env = g->env;
     napi_handle_scope scope;
     tsgi_job_t *job, *next;
-    (void)handle;
 
     pthread_mutex_lock(&rt.mu);
-    rt.wd_ping = 0; /* the loop turns */
-    job = rt.inbox_head;
-    rt.inbox_head = rt.inbox_tail = NULL;
+    g->wd_ping = 0; /* the loop turns */
+    job = g->inbox_head;
+    g->inbox_head = g->inbox_tail = NULL;
     /* Each job moves to the live list, keeping the inbox's reference; this callback
      * holds one more while it works on the job (a stopping child may fail the live list
      * from another thread meanwhile). */
     for (next = job; next; next = next->next) {
         tsgi_job_retain(next);
         next->live_prev = NULL;
-        next->live_next = rt.live;
-        if (rt.live)
-            rt.live->live_prev = next;
-        rt.live = next;
+        next->live_next = g->live;
+        if (g->live)
+            g->live->live_prev = next;
+        g->live = next;
     }
     pthread_mutex_unlock(&rt.mu);
 
@@ -978,7 +1039,7 @@ static void tsgi_async_cb(uv_async_t *handle)
         if (gone) {
             int was_live;
             pthread_mutex_lock(&rt.mu);
-            was_live = job->live_prev || job->live_next || rt.live == job;
+            was_live = job->live_prev || job->live_next || g->live == job;
             if (was_live)
                 tsgi_live_remove_locked(job);
             pthread_mutex_unlock(&rt.mu);
@@ -996,60 +1057,79 @@ static void tsgi_async_cb(uv_async_t *handle)
         }
         tsgi_job_release(job);
     }
-    tsgi_drain_events(env);
+    tsgi_drain_events(g, env);
 }
 
 /* ------------------------------------------------------------------------------------
  * The Node thread
  * --------------------------------------------------------------------------------- */
 
+/* "application group 'name'", "application group %{GLOBAL}", or the unclaimed first one. */
+static void tsgi_group_describe_locked(const tsgi_group_t *g, char *buf, size_t len)
+{
+    if (g->name && *g->name)
+        apr_snprintf(buf, len, "application group '%s'", g->name);
+    else
+        apr_snprintf(buf, len, "application group %s", tsgi_group_label(g));
+}
+
+static void tsgi_group_describe(const tsgi_group_t *g, char *buf, size_t len)
+{
+    pthread_mutex_lock(&rt.mu);
+    tsgi_group_describe_locked(g, buf, len);
+    pthread_mutex_unlock(&rt.mu);
+}
+
 static void tsgi_on_ready(void *data)
 {
-    (void)data;
+    tsgi_group_t *g = data;
+    char label[300];
     pthread_mutex_lock(&rt.mu);
-    rt.state = RT_READY;
-    rt.wd_ping = 0;
-    rt.wd_warned = 0;
+    g->state = RT_READY;
+    g->wd_ping = 0;
+    g->wd_warned = 0;
     pthread_cond_broadcast(&rt.cv);
     pthread_mutex_unlock(&rt.mu);
-    ap_log_error(APLOG_MARK, APLOG_INFO, 0, rt.server, "TSGI0120: embedded runtime ready (Node %s, pid %ld)",
-                 NODE_VERSION_STRING, (long)getpid());
+    tsgi_group_describe(g, label, sizeof(label));
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, rt.server, "TSGI0120: embedded runtime ready (Node %s, pid %ld, %s)",
+                 NODE_VERSION_STRING, (long)getpid(), label);
 }
 
 static void tsgi_on_exit(void *data, int code)
 {
-    (void)data;
+    char label[300];
+    tsgi_group_describe(data, label, sizeof(label));
     ap_log_error(APLOG_MARK, APLOG_WARNING, 0, rt.server,
-                 "TSGI0121: process.exit(%d) called by JavaScript: the Node environment of this "
-                 "child stops and is re-created; the Apache child keeps running",
-                 code);
+                 "TSGI0121: process.exit(%d) called by JavaScript: the Node environment of %s "
+                 "stops and is re-created; the Apache child keeps running",
+                 code, label);
 }
 
 static void tsgi_on_teardown(void *data, struct uv_loop_s *loop)
 {
-    (void)data;
+    tsgi_group_t *g = data;
     pthread_mutex_lock(&rt.mu);
-    if (rt.async_live) {
-        rt.async_live = 0;
+    if (g->async_live) {
+        g->async_live = 0;
         pthread_mutex_unlock(&rt.mu);
-        uv_close((uv_handle_t *)&rt.async, NULL);
+        uv_close((uv_handle_t *)&g->async, NULL);
         uv_run(loop, UV_RUN_NOWAIT);
     }
     else {
         pthread_mutex_unlock(&rt.mu);
     }
     /* Node-API frees neither references nor async contexts with the Environment. */
-    if (rt.env) {
-        while (rt.ported)
-            tsgi_port_drop(rt.env, rt.ported);
-        if (rt.handler && napi_delete_reference(rt.env, rt.handler) != napi_ok)
+    if (g->env) {
+        while (g->ported)
+            tsgi_port_drop(g->env, g->ported);
+        if (g->handler && napi_delete_reference(g->env, g->handler) != napi_ok)
             ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0115: napi_delete_reference failed");
-        if (rt.actx && napi_async_destroy(rt.env, rt.actx) != napi_ok)
+        if (g->actx && napi_async_destroy(g->env, g->actx) != napi_ok)
             ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0115: napi_async_destroy failed");
     }
-    rt.handler = NULL;
-    rt.env = NULL;
-    rt.actx = NULL;
+    g->handler = NULL;
+    g->env = NULL;
+    g->actx = NULL;
 }
 
 static const char tsgi_bootstrap_source[] =
@@ -1057,54 +1137,38 @@ static const char tsgi_bootstrap_source[] =
     "const path = " TSGI_BOOTSTRAP_JSON ";\n"
     "require('module').createRequire(path)(path).start(process._linkedBinding('tsgi'));\n";
 
-static void *tsgi_node_main(void *arg)
+/* Runs a group's Environments, one after another, until the child stops or its bootstrap fails. */
+static void tsgi_group_loop(tsgi_group_t *g)
 {
-    static const char *const argv[] = {"apache2"};
-    sigset_t chld;
-    char err[512] = "";
-    tsgi_shim_hooks_t hooks = {NULL, tsgi_register_binding, tsgi_on_ready, tsgi_on_exit, tsgi_on_teardown};
-    (void)arg;
-
-    /* libuv reaps child processes from SIGCHLD: this thread only (P6). */
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    pthread_sigmask(SIG_UNBLOCK, &chld, NULL);
-
-    if (tsgi_shim_process_init(1, argv, TSGI_PLATFORM_THREADS, err, sizeof(err)) != 0) {
-        ap_log_error(APLOG_MARK, APLOG_CRIT, 0, rt.server, "TSGI0122: cannot start the embedded runtime: %s", err);
-        pthread_mutex_lock(&rt.mu);
-        rt.state = RT_FAILED;
-        apr_cpystrn(rt.failure, err, sizeof(rt.failure));
-        pthread_cond_broadcast(&rt.cv);
-        pthread_mutex_unlock(&rt.mu);
-        return NULL;
-    }
+    char err[512] = "", label[300];
+    tsgi_shim_hooks_t hooks = {g, tsgi_register_binding, tsgi_on_ready, tsgi_on_exit, tsgi_on_teardown};
 
     for (;;) {
         int was_ready, rc;
-        rc = tsgi_shim_run(tsgi_bootstrap_source, &hooks, err, sizeof(err));
+        rc = tsgi_shim_run(g->slot, tsgi_bootstrap_source, &hooks, err, sizeof(err));
 
+        tsgi_group_describe(g, label, sizeof(label));
         pthread_mutex_lock(&rt.mu);
-        was_ready = rt.state == RT_READY || rt.state == RT_STALLED;
-        rt.generation++;
-        tsgi_fail_all_locked("the Node environment ended");
+        was_ready = g->state == RT_READY || g->state == RT_STALLED;
+        g->generation++;
+        tsgi_fail_all_locked(g, "the Node environment ended");
         if (rt.stopping) {
-            rt.state = RT_STOPPED;
+            g->state = RT_STOPPED;
             pthread_cond_broadcast(&rt.cv);
             pthread_mutex_unlock(&rt.mu);
             break;
         }
         if (!was_ready) {
             /* The bootstrap itself failed: retrying would only fail again. */
-            rt.state = RT_FAILED;
-            apr_snprintf(rt.failure, sizeof(rt.failure), "%s", rc ? err : "the bootstrap did not start");
+            g->state = RT_FAILED;
+            apr_snprintf(g->failure, sizeof(g->failure), "%s", rc ? err : "the bootstrap did not start");
             pthread_cond_broadcast(&rt.cv);
             pthread_mutex_unlock(&rt.mu);
-            ap_log_error(APLOG_MARK, APLOG_CRIT, 0, rt.server, "TSGI0123: the embedded runtime failed to start: %s",
-                         rt.failure);
+            ap_log_error(APLOG_MARK, APLOG_CRIT, 0, rt.server, "TSGI0123: the embedded runtime failed to start (%s): %s",
+                         label, g->failure);
             break;
         }
-        rt.state = RT_STARTING;
+        g->state = RT_STARTING;
         {
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
@@ -1115,25 +1179,212 @@ static void *tsgi_node_main(void *arg)
                 ;
         }
         if (rt.stopping) {
-            rt.state = RT_STOPPED;
+            g->state = RT_STOPPED;
+            pthread_cond_broadcast(&rt.cv);
             pthread_mutex_unlock(&rt.mu);
             break;
         }
         pthread_mutex_unlock(&rt.mu);
-        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, rt.server, "TSGI0124: re-creating the Node environment");
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, rt.server, "TSGI0124: re-creating the Node environment of %s",
+                     label);
     }
-    tsgi_shim_teardown_process();
-    return NULL;
 }
 
 /*
- * The watchdog thread (TSGIEventLoopTimeout, P18). While requests wait on the Node
- * thread (queued, dispatched and not finished, or with events for JS), it pings the
+ * A group's Node thread. The first group's thread (started in child_init) also does the
+ * process-wide init (node, V8, the platform: created here, so the platform's workers
+ * inherit this thread's signal mask) and, at child exit, the process teardown once every
+ * other group's thread has ended.
+ */
+static void *tsgi_group_main(void *arg)
+{
+    tsgi_group_t *g = arg;
+    sigset_t chld;
+    int init_ok, run;
+
+    tl_group = g;
+    /* libuv reaps child processes from SIGCHLD: Node threads only (P6). */
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    pthread_sigmask(SIG_UNBLOCK, &chld, NULL);
+
+    if (g->first) {
+        static const char *const argv[] = {"apache2"};
+        char err[512] = "";
+        int rc = tsgi_shim_process_init(1, argv, TSGI_PLATFORM_THREADS, err, sizeof(err));
+        if (rc != 0)
+            ap_log_error(APLOG_MARK, APLOG_CRIT, 0, rt.server, "TSGI0122: cannot start the embedded runtime: %s", err);
+        pthread_mutex_lock(&rt.mu);
+        rt.init_state = rc == 0 ? RT_READY : RT_FAILED;
+        if (rc != 0)
+            apr_cpystrn(rt.init_failure, err, sizeof(rt.init_failure));
+        pthread_cond_broadcast(&rt.cv);
+        pthread_mutex_unlock(&rt.mu);
+    }
+
+    pthread_mutex_lock(&rt.mu);
+    while (rt.init_state == RT_STARTING && !rt.stopping)
+        pthread_cond_wait(&rt.cv, &rt.mu);
+    init_ok = rt.init_state == RT_READY;
+    run = init_ok && !rt.stopping;
+    if (!run) {
+        g->state = rt.stopping ? RT_STOPPED : RT_FAILED;
+        apr_cpystrn(g->failure, rt.init_failure, sizeof(g->failure));
+        pthread_cond_broadcast(&rt.cv);
+    }
+    pthread_mutex_unlock(&rt.mu);
+
+    if (run)
+        tsgi_group_loop(g);
+
+    pthread_mutex_lock(&rt.mu);
+    rt.threads_running--;
+    pthread_cond_broadcast(&rt.cv);
+    if (g->first && init_ok) {
+        /* V8 and the platform go last, after every group's Environment. */
+        while (!rt.stopping || rt.threads_running > 0)
+            pthread_cond_wait(&rt.cv, &rt.mu);
+    }
+    pthread_mutex_unlock(&rt.mu);
+    if (g->first && init_ok)
+        tsgi_shim_teardown_process();
+    return NULL;
+}
+
+/* Blocks every asynchronous signal in the calling thread (for the threads it creates:
+ * Apache's signals stay Apache's, embedding.md §2.3); the old mask goes to *old. */
+static void tsgi_block_signals(sigset_t *old)
+{
+    sigset_t all;
+    sigfillset(&all);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
+    pthread_sigmask(SIG_BLOCK, &all, old);
+}
+
+/*
+ * With rt.mu held: a new group (name NULL: the first one, claimed by the first request)
+ * and its Node thread, or NULL with `why` filled in. Groups are never freed: a request
+ * thread of a stopping event child may still look at its job's group after the pchild
+ * cleanup (the child exits right after; the list keeps them reachable).
+ */
+static tsgi_group_t *tsgi_group_create_locked(const char *name, int first, char *why, size_t whylen)
+{
+    tsgi_group_t *g = calloc(1, sizeof(*g));
+    pthread_attr_t attr;
+    sigset_t old;
+    int rc;
+
+    if (!g || (name && !(g->name = strdup(name))) || !(g->slot = tsgi_shim_slot_new())) {
+        if (g) {
+            free(g->name);
+            free(g);
+        }
+        apr_snprintf(why, whylen, "out of memory");
+        return NULL;
+    }
+    g->first = first;
+    g->state = RT_STARTING;
+    if ((rc = pthread_attr_init(&attr)) != 0) {
+        apr_snprintf(why, whylen, "pthread_attr_init failed (%d)", rc);
+        goto fail;
+    }
+    if ((rc = pthread_attr_setstacksize(&attr, TSGI_NODE_STACK)) != 0) {
+        pthread_attr_destroy(&attr);
+        apr_snprintf(why, whylen, "pthread_attr_setstacksize failed (%d)", rc);
+        goto fail;
+    }
+    tsgi_block_signals(&old);
+    rc = pthread_create(&g->thread, &attr, tsgi_group_main, g);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        apr_snprintf(why, whylen, "cannot create a Node thread (%d)", rc);
+        goto fail;
+    }
+    g->thread_started = 1;
+    rt.threads_running++;
+    g->next = rt.groups;
+    rt.groups = g;
+    rt.ngroups++;
+    return g;
+fail:
+    tsgi_shim_slot_free(g->slot);
+    free(g->name);
+    free(g);
+    return NULL;
+}
+
+/* The watchdog's look at one group (rt.mu held; released while it logs and stops). */
+static void tsgi_watchdog_check_locked(tsgi_group_t *g, int64_t now, int64_t timeout_ms)
+{
+    char why[160], label[300];
+    tsgi_job_t *job;
+    int n = 0;
+
+    if (g->state == RT_STALLED) {
+        /* TerminateExecution cannot interrupt a blocking system call. */
+        if (!g->wd_warned && now - g->wd_fired_at > timeout_ms) {
+            g->wd_warned = 1;
+            tsgi_group_describe_locked(g, label, sizeof(label));
+            ap_log_error(APLOG_MARK, APLOG_CRIT, 0, rt.server,
+                         "TSGI0131: the Node thread of %s has not stopped %d s after the "
+                         "watchdog stopped its environment (blocked outside JavaScript?); its requests get 503 "
+                         "until it does",
+                         label, rt.wd_timeout);
+        }
+        return;
+    }
+    if (g->state != RT_READY || !g->async_live || !(g->inbox_head || g->live || g->evq_head)) {
+        g->wd_ping = 0;
+        return;
+    }
+    if (!g->wd_ping) {
+        int rc;
+        g->wd_ping = 1;
+        g->wd_ping_sent = now;
+        if ((rc = uv_async_send(&g->async)) != 0)
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0105: uv_async_send failed (%d)", rc);
+        return;
+    }
+    if (now - g->wd_ping_sent < timeout_ms)
+        return;
+
+    /* No new job joins a STALLED group (tsgi_embed_handle waits for the next Environment). */
+    g->state = RT_STALLED;
+    g->wd_ping = 0;
+    g->wd_fired_at = now;
+    g->wd_warned = 0;
+    for (job = g->inbox_head; job; job = job->next)
+        n++;
+    for (job = g->live; job; job = job->live_next)
+        n++;
+    tsgi_group_describe_locked(g, label, sizeof(label));
+    apr_snprintf(why, sizeof(why),
+                 "the Node event loop of its application group was blocked for more than %d s (TSGIEventLoopTimeout)",
+                 rt.wd_timeout);
+    pthread_mutex_unlock(&rt.mu);
+    ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server,
+                 "TSGI0130: watchdog: the Node event loop of %s has not turned for %d s; %d "
+                 "waiting request(s) get 504, and its Node environment is stopped and re-created",
+                 label, rt.wd_timeout, n);
+    pthread_mutex_lock(&rt.mu);
+    tsgi_fail_waiting_locked(g, HTTP_GATEWAY_TIME_OUT, why);
+    pthread_mutex_unlock(&rt.mu);
+    tsgi_shim_stop(g->slot, 0);
+    pthread_mutex_lock(&rt.mu);
+}
+
+/*
+ * The watchdog thread (TSGIEventLoopTimeout, P18). While requests wait on a group's Node
+ * thread (queued, dispatched and not finished, or with events for JS), it pings that
  * event loop with uv_async_send; tsgi_async_cb answers. An idle loop answers at once
  * (the ping wakes it); a loop blocked in JS or in a sync call does not. A ping left
  * unanswered for the timeout fails the waiting requests with 504 and stops the
  * Environment (node::Stop: TerminateExecution breaks running JS, then the loop ends);
- * tsgi_node_main re-creates it.
+ * tsgi_group_loop re-creates it. Other groups are not touched.
  */
 static void *tsgi_watchdog_main(void *arg)
 {
@@ -1147,6 +1398,7 @@ static void *tsgi_watchdog_main(void *arg)
     pthread_mutex_lock(&rt.mu);
     while (!rt.stopping) {
         struct timespec until;
+        tsgi_group_t *g;
         int64_t now;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_nsec += (long)(tick_ms % 1000) * 1000000L;
@@ -1156,71 +1408,23 @@ static void *tsgi_watchdog_main(void *arg)
         if (rt.stopping)
             break;
         now = tsgi_now_ms();
-        if (rt.state == RT_STALLED) {
-            /* TerminateExecution cannot interrupt a blocking system call. */
-            if (!rt.wd_warned && now - rt.wd_fired_at > timeout_ms) {
-                rt.wd_warned = 1;
-                ap_log_error(APLOG_MARK, APLOG_CRIT, 0, rt.server,
-                             "TSGI0131: the Node thread of this child has not stopped %d s after the watchdog "
-                             "stopped its environment (blocked outside JavaScript?); requests get 503 until it does",
-                             rt.wd_timeout);
-            }
-            continue;
-        }
-        if (rt.state != RT_READY || !rt.async_live || !(rt.inbox_head || rt.live || rt.evq_head)) {
-            rt.wd_ping = 0;
-            continue;
-        }
-        if (!rt.wd_ping) {
-            int rc;
-            rt.wd_ping = 1;
-            rt.wd_ping_sent = now;
-            if ((rc = uv_async_send(&rt.async)) != 0)
-                ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0105: uv_async_send failed (%d)", rc);
-            continue;
-        }
-        if (now - rt.wd_ping_sent < timeout_ms)
-            continue;
-        {
-            char why[160];
-            int n;
-            apr_snprintf(why, sizeof(why),
-                         "the Node event loop of this child was blocked for more than %d s (TSGIEventLoopTimeout)",
-                         rt.wd_timeout);
-            tsgi_job_t *job;
-            /* No new job joins a STALLED runtime (tsgi_embed_handle waits for the next). */
-            rt.state = RT_STALLED;
-            rt.wd_ping = 0;
-            rt.wd_fired_at = now;
-            rt.wd_warned = 0;
-            n = 0;
-            for (job = rt.inbox_head; job; job = job->next)
-                n++;
-            for (job = rt.live; job; job = job->live_next)
-                n++;
-            pthread_mutex_unlock(&rt.mu);
-            ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server,
-                         "TSGI0130: watchdog: the Node event loop has not turned for %d s; %d waiting request(s) "
-                         "get 504, and the Node environment is stopped and re-created",
-                         rt.wd_timeout, n);
-            pthread_mutex_lock(&rt.mu);
-            tsgi_fail_waiting_locked(HTTP_GATEWAY_TIME_OUT, why);
-            pthread_mutex_unlock(&rt.mu);
-            tsgi_shim_stop(0);
-            pthread_mutex_lock(&rt.mu);
-        }
+        /* Groups are only ever added at the head: the walk survives the unlocks. */
+        for (g = rt.groups; g && !rt.stopping; g = g->next)
+            tsgi_watchdog_check_locked(g, now, timeout_ms);
     }
     pthread_mutex_unlock(&rt.mu);
     return NULL;
 }
 
-/* pchild cleanup: stop Node, join its thread (embedding.md §2.1). */
+/* pchild cleanup: stop every group's Environment, join the threads (embedding.md §2.1). */
 static apr_status_t tsgi_child_exit(void *data)
 {
+    tsgi_group_t *g;
     (void)data;
     pthread_mutex_lock(&rt.mu);
     __atomic_store_n(&rt.stopping, 1, __ATOMIC_RELEASE);
-    tsgi_fail_all_locked("the Apache child is stopping");
+    for (g = rt.groups; g; g = g->next)
+        tsgi_fail_all_locked(g, "the Apache child is stopping");
     pthread_cond_broadcast(&rt.cv);
     pthread_cond_broadcast(&rt.wd_cv);
     pthread_mutex_unlock(&rt.mu);
@@ -1230,12 +1434,16 @@ static apr_status_t tsgi_child_exit(void *data)
             ap_log_error(APLOG_MARK, APLOG_ERR, rc, rt.server, "TSGI0125: pthread_join of the watchdog failed");
         rt.wd_started = 0;
     }
-    tsgi_shim_stop(1);
-    if (rt.thread_started) {
-        int rc = pthread_join(rt.thread, NULL);
-        if (rc != 0)
-            ap_log_error(APLOG_MARK, APLOG_ERR, rc, rt.server, "TSGI0125: pthread_join of the Node thread failed");
-        rt.thread_started = 0;
+    /* No group is added once rt.stopping is set. */
+    for (g = rt.groups; g; g = g->next)
+        tsgi_shim_stop(g->slot, 1);
+    for (g = rt.groups; g; g = g->next) {
+        if (g->thread_started) {
+            int rc = pthread_join(g->thread, NULL);
+            if (rc != 0)
+                ap_log_error(APLOG_MARK, APLOG_ERR, rc, rt.server, "TSGI0125: pthread_join of a Node thread failed");
+            g->thread_started = 0;
+        }
     }
     return APR_SUCCESS;
 }
@@ -1247,6 +1455,7 @@ static apr_status_t tsgi_child_exit(void *data)
  */
 void tsgi_embed_child_stopping(apr_pool_t *pchild, int graceful)
 {
+    tsgi_group_t *g;
     tsgi_job_t *job;
     int n = 0;
     (void)pchild;
@@ -1258,15 +1467,17 @@ void tsgi_embed_child_stopping(apr_pool_t *pchild, int graceful)
     pthread_mutex_lock(&rt.mu);
     __atomic_store_n(&rt.hard_stop, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&rt.cv);
-    for (job = rt.inbox_head; job; job = job->next, n++) {
-        pthread_mutex_lock(&job->mu);
-        pthread_cond_broadcast(&job->cv);
-        pthread_mutex_unlock(&job->mu);
-    }
-    for (job = rt.live; job; job = job->live_next, n++) {
-        pthread_mutex_lock(&job->mu);
-        pthread_cond_broadcast(&job->cv);
-        pthread_mutex_unlock(&job->mu);
+    for (g = rt.groups; g; g = g->next) {
+        for (job = g->inbox_head; job; job = job->next, n++) {
+            pthread_mutex_lock(&job->mu);
+            pthread_cond_broadcast(&job->cv);
+            pthread_mutex_unlock(&job->mu);
+        }
+        for (job = g->live; job; job = job->live_next, n++) {
+            pthread_mutex_lock(&job->mu);
+            pthread_cond_broadcast(&job->cv);
+            pthread_mutex_unlock(&job->mu);
+        }
     }
     pthread_mutex_unlock(&rt.mu);
     ap_log_error(APLOG_MARK, n ? APLOG_INFO : APLOG_DEBUG, 0, rt.server,
@@ -1278,8 +1489,11 @@ int tsgi_embed_post_config(apr_pool_t *pconf, server_rec *s)
     struct stat st;
     (void)pconf;
     /* Statics outlive graceful restarts (P16): reset what belongs to a generation. */
-    rt.state = RT_OFF;
-    rt.failure[0] = '\0';
+    rt.init_state = RT_OFF;
+    rt.init_failure[0] = '\0';
+    rt.groups = NULL;
+    rt.ngroups = 0;
+    rt.threads_running = 0;
     if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG)
         return OK;
     if (stat(TSGI_BOOTSTRAP, &st) != 0) {
@@ -1293,9 +1507,9 @@ int tsgi_embed_post_config(apr_pool_t *pconf, server_rec *s)
 
 void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s, const tsgi_embed_config_t *cfg)
 {
-    sigset_t all, old;
-    pthread_attr_t attr;
-    int rc, threaded = 0, forked = 0;
+    char why[120] = "";
+    tsgi_group_t *g;
+    int threaded = 0, forked = 0;
 
     rt.server = s;
     rt.stopping = 0;
@@ -1308,41 +1522,31 @@ void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s, const tsgi_embed_c
     rt.multithread = threaded != AP_MPMQ_NOT_SUPPORTED;
     rt.multiprocess = forked != AP_MPMQ_NOT_SUPPORTED;
 
+    /* The first group's Environment starts now, before its name is known: the first
+     * request claims it, so it finds a ready Environment. */
     pthread_mutex_lock(&rt.mu);
-    rt.state = RT_STARTING;
+    rt.init_state = RT_STARTING;
+    g = tsgi_group_create_locked(NULL, 1, why, sizeof(why));
+    if (!g) {
+        rt.init_state = RT_FAILED;
+        apr_snprintf(rt.init_failure, sizeof(rt.init_failure), "%s", why);
+    }
     pthread_mutex_unlock(&rt.mu);
-
-    /* The Node thread (and the platform and libuv threads it creates) inherit a mask
-     * with every asynchronous signal blocked: Apache's signals stay Apache's (§2.3). */
-    sigfillset(&all);
-    sigdelset(&all, SIGSEGV);
-    sigdelset(&all, SIGBUS);
-    sigdelset(&all, SIGFPE);
-    sigdelset(&all, SIGILL);
-    if ((rc = pthread_attr_init(&attr)) != 0 || (rc = pthread_attr_setstacksize(&attr, TSGI_NODE_STACK)) != 0) {
-        ap_log_error(APLOG_MARK, APLOG_CRIT, rc, s, "TSGI0127: pthread_attr for the Node thread failed");
-        rt.state = RT_FAILED;
-        apr_cpystrn(rt.failure, "pthread_attr failed", sizeof(rt.failure));
+    if (!g) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, "TSGI0128: cannot start the Node thread: %s", why);
         return;
     }
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    rc = pthread_create(&rt.thread, &attr, tsgi_node_main, NULL);
-    if (rc == 0 && rt.wd_timeout > 0) {
-        int wrc = pthread_create(&rt.wd_thread, NULL, tsgi_watchdog_main, NULL);
-        if (wrc != 0)
-            ap_log_error(APLOG_MARK, APLOG_CRIT, wrc, s,
+    if (rt.wd_timeout > 0) {
+        sigset_t old;
+        int rc;
+        tsgi_block_signals(&old);
+        rc = pthread_create(&rt.wd_thread, NULL, tsgi_watchdog_main, NULL);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (rc != 0)
+            ap_log_error(APLOG_MARK, APLOG_CRIT, rc, s,
                          "TSGI0128: cannot create the watchdog thread: blocked event loops go unnoticed");
-        rt.wd_started = wrc == 0;
+        rt.wd_started = rc == 0;
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        ap_log_error(APLOG_MARK, APLOG_CRIT, rc, s, "TSGI0128: cannot create the Node thread");
-        rt.state = RT_FAILED;
-        apr_cpystrn(rt.failure, "cannot create the Node thread", sizeof(rt.failure));
-        return;
-    }
-    rt.thread_started = 1;
     apr_pool_cleanup_register(pchild, NULL, tsgi_child_exit, apr_pool_cleanup_null);
 }
 
@@ -1350,27 +1554,79 @@ void tsgi_embed_child_init(apr_pool_t *pchild, server_rec *s, const tsgi_embed_c
  * The request thread
  * --------------------------------------------------------------------------------- */
 
-/* Waits until the runtime is ready; returns 0, or an HTTP status with a log line. */
-static int tsgi_wait_ready(request_rec *r, const char *script)
+/*
+ * The application group a request runs in: found by name, or (on its first request)
+ * the first group claimed, or a new one created with its own Node thread. NULL, with a
+ * log line, when it cannot be had (the request gets 503).
+ */
+static tsgi_group_t *tsgi_group_get(request_rec *r, const char *name, const char *script)
+{
+    tsgi_group_t *g, *spare = NULL;
+    char why[160] = "";
+    int created = 0, count = 0;
+
+    pthread_mutex_lock(&rt.mu);
+    for (g = rt.groups; g; g = g->next) {
+        if (!g->name) {
+            spare = g;
+            continue;
+        }
+        if (!strcmp(g->name, name))
+            break;
+    }
+    if (!g && spare) {
+        if ((spare->name = strdup(name)) != NULL)
+            g = spare;
+        else
+            apr_snprintf(why, sizeof(why), "out of memory");
+    }
+    if (!g && !*why) {
+        if (tsgi_hard_stop())
+            apr_snprintf(why, sizeof(why), "the Apache child is stopping");
+        else if (rt.init_state == RT_FAILED)
+            apr_snprintf(why, sizeof(why), "%s", rt.init_failure);
+        else if (rt.ngroups >= TSGI_MAX_GROUPS)
+            apr_snprintf(why, sizeof(why), "this child already runs %d application groups (the most it will)",
+                         rt.ngroups);
+        else if ((g = tsgi_group_create_locked(name, 0, why, sizeof(why))) != NULL)
+            created = 1;
+    }
+    count = rt.ngroups;
+    pthread_mutex_unlock(&rt.mu);
+    if (created) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "TSGI0132: starting a Node environment for application group '%s' (%d in this child)", name,
+                      count);
+    }
+    else if (!g) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "TSGI0133: cannot run %s in application group '%s': %s", script,
+                      name, why);
+    }
+    return g;
+}
+
+/* Waits until the group's Environment is ready; returns 0, or an HTTP status with a log line. */
+static int tsgi_wait_ready(request_rec *r, tsgi_group_t *g, const char *script)
 {
     struct timespec until;
     int state;
+    char failure[sizeof(g->failure)];
 
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += TSGI_START_WAIT_SEC;
     pthread_mutex_lock(&rt.mu);
-    while ((rt.state == RT_STARTING || rt.state == RT_STALLED) && !rt.stopping && !rt.hard_stop) {
+    while ((g->state == RT_STARTING || g->state == RT_STALLED) && !rt.stopping && !rt.hard_stop) {
         if (pthread_cond_timedwait(&rt.cv, &rt.mu, &until) == ETIMEDOUT)
             break;
     }
-    state = rt.state;
+    state = g->state;
+    memcpy(failure, g->failure, sizeof(failure));
     pthread_mutex_unlock(&rt.mu);
     if (state == RT_READY)
         return 0;
     if (state == RT_FAILED) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                      "TSGI0100: embedded runtime not available in this child (%s): cannot run %s", rt.failure,
-                      script);
+                      "TSGI0100: embedded runtime not available in this child (%s): cannot run %s", failure, script);
     }
     else {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "TSGI0101: embedded runtime not ready after %d s: cannot run %s",
@@ -1567,7 +1823,12 @@ static void tsgi_apply_head(request_rec *r, tsgi_job_t *job)
 static void tsgi_abort_response(request_rec *r)
 {
     conn_rec *c = r->connection;
-    apr_bucket_brigade *bb = apr_brigade_create(r->pool, c->bucket_alloc);
+    apr_bucket_brigade *bb;
+    /* The head and what was written go out first: an error bucket that reaches the
+     * HTTP header filter before the head was sent would replace the response. */
+    if (!c->aborted && ap_rflush(r) < 0)
+        c->aborted = 1;
+    bb = apr_brigade_create(r->pool, c->bucket_alloc);
     APR_BRIGADE_INSERT_TAIL(bb, ap_bucket_error_create(HTTP_BAD_GATEWAY, NULL, r->pool, c->bucket_alloc));
     APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(c->bucket_alloc));
     if (ap_pass_brigade(r->output_filters, bb) != APR_SUCCESS)
@@ -1585,8 +1846,11 @@ int tsgi_embed_handle(const tsgi_embed_request_t *req)
     const char *leave_why = NULL;
     apr_interval_time_t timeout = r->server->timeout;
     apr_time_t last_event;
+    tsgi_group_t *g;
 
-    if ((rc = tsgi_wait_ready(r, req->script)) != 0)
+    if (!(g = tsgi_group_get(r, req->application_group, req->script)))
+        return HTTP_SERVICE_UNAVAILABLE;
+    if ((rc = tsgi_wait_ready(r, g, req->script)) != 0)
         return rc;
     /* The body is read later, piece by piece, as JS asks for it; chunked bodies too. */
     if ((rc = ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK)) != OK)
@@ -1597,24 +1861,25 @@ int tsgi_embed_handle(const tsgi_embed_request_t *req)
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     job->has_body = has_body;
+    job->grp = g;
     job->refs = 2; /* this thread + the inbox */
     bb = apr_brigade_create(r->pool, c->bucket_alloc);
 
     pthread_mutex_lock(&rt.mu);
-    if (rt.state != RT_READY || !rt.async_live || tsgi_hard_stop()) {
+    if (g->state != RT_READY || !g->async_live || tsgi_hard_stop()) {
         pthread_mutex_unlock(&rt.mu);
         job->refs = 1;
         tsgi_job_release(job);
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "TSGI0104: the embedded runtime stopped: cannot run %s", req->script);
         return HTTP_SERVICE_UNAVAILABLE;
     }
-    job->generation = rt.generation;
-    if (rt.inbox_tail)
-        rt.inbox_tail->next = job;
+    job->generation = g->generation;
+    if (g->inbox_tail)
+        g->inbox_tail->next = job;
     else
-        rt.inbox_head = job;
-    rt.inbox_tail = job;
-    rc = uv_async_send(&rt.async);
+        g->inbox_head = job;
+    g->inbox_tail = job;
+    rc = uv_async_send(&g->async);
     pthread_mutex_unlock(&rt.mu);
     if (rc != 0)
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "TSGI0105: uv_async_send failed (%d)", rc);

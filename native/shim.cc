@@ -11,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -40,11 +41,6 @@ static_assert(kEnvironmentFlags == 640, "the environment flags measured in embed
 std::unique_ptr<node::InitializationResult> g_init;
 std::unique_ptr<node::MultiIsolatePlatform> g_platform;
 
-// The running Environment, for tsgi_shim_stop() from other threads.
-std::mutex g_env_mutex;
-node::Environment *g_env = nullptr;
-bool g_stop_requested = false;
-
 void set_error(char *err, size_t errlen, const std::string &msg) {
   if (err && errlen > 0) std::snprintf(err, errlen, "%s", msg.c_str());
 }
@@ -59,6 +55,17 @@ std::string join(const std::vector<std::string> &v) {
 }
 
 }  // namespace
+
+// The running Environment of one application group, for tsgi_shim_stop() from other threads.
+struct tsgi_shim_slot {
+  std::mutex mutex;
+  node::Environment *env = nullptr;
+  bool stop_requested = false;
+};
+
+extern "C" tsgi_shim_slot_t *tsgi_shim_slot_new(void) { return new (std::nothrow) tsgi_shim_slot(); }
+
+extern "C" void tsgi_shim_slot_free(tsgi_shim_slot_t *slot) { delete slot; }
 
 extern "C" int tsgi_shim_process_init(int argc, const char *const *argv, int platform_threads, char *err,
                                       size_t errlen) {
@@ -81,7 +88,8 @@ extern "C" int tsgi_shim_process_init(int argc, const char *const *argv, int pla
   return 0;
 }
 
-extern "C" int tsgi_shim_run(const char *bootstrap_source, const tsgi_shim_hooks_t *hooks, char *err, size_t errlen) {
+extern "C" int tsgi_shim_run(tsgi_shim_slot_t *slot, const char *bootstrap_source, const tsgi_shim_hooks_t *hooks,
+                             char *err, size_t errlen) {
   std::vector<std::string> errors;
   auto setup = node::CommonEnvironmentSetup::Create(g_platform.get(), &errors, g_init->args(), g_init->exec_args(),
                                                     static_cast<node::EnvironmentFlags::Flags>(kEnvironmentFlags));
@@ -109,9 +117,9 @@ extern "C" int tsgi_shim_run(const char *bootstrap_source, const tsgi_shim_hooks
 
     bool stop_first;
     {
-      std::lock_guard<std::mutex> lock(g_env_mutex);
-      g_env = env;
-      stop_first = g_stop_requested;
+      std::lock_guard<std::mutex> lock(slot->mutex);
+      slot->env = env;
+      stop_first = slot->stop_requested;
     }
     if (!stop_first) {
       v8::MaybeLocal<v8::Value> loaded = node::LoadEnvironment(env, bootstrap_source);
@@ -124,8 +132,8 @@ extern "C" int tsgi_shim_run(const char *bootstrap_source, const tsgi_shim_hooks
       }
     }
     {
-      std::lock_guard<std::mutex> lock(g_env_mutex);
-      g_env = nullptr;
+      std::lock_guard<std::mutex> lock(slot->mutex);
+      slot->env = nullptr;
     }
     // Our own handles on this loop must be closed before the setup goes
     // (~CommonEnvironmentSetup aborts on open handles).
@@ -137,10 +145,10 @@ extern "C" int tsgi_shim_run(const char *bootstrap_source, const tsgi_shim_hooks
   return rc;
 }
 
-extern "C" void tsgi_shim_stop(int forever) {
-  std::lock_guard<std::mutex> lock(g_env_mutex);
-  if (forever) g_stop_requested = true;
-  if (g_env) node::Stop(g_env);
+extern "C" void tsgi_shim_stop(tsgi_shim_slot_t *slot, int forever) {
+  std::lock_guard<std::mutex> lock(slot->mutex);
+  if (forever) slot->stop_requested = true;
+  if (slot->env) node::Stop(slot->env);
 }
 
 extern "C" void tsgi_shim_teardown_process(void) {

@@ -4,7 +4,9 @@
  * the requests waiting on that loop get 504 with one TSGI0109 line each naming the
  * script, the watchdog logs TSGI0130, the Node environment is stopped (TerminateExecution
  * breaks the loop) and re-created, and the same child serves the next request from a
- * fresh environment. The timeout is a config value (2 s), not a timing assertion.
+ * fresh environment. Another application group (its own Node environment and event
+ * loop) is served while the first one is blocked, and keeps its state. The timeout is a
+ * config value (2 s), not a timing assertion.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { join } from 'node:path';
@@ -25,6 +27,8 @@ beforeAll(async () => {
       'TSGIEventLoopTimeout 2',
       'Timeout 60',
       `TSGIScriptAlias /app ${SPIN}`,
+      // Another application group (the default: one per mount): its own Node environment.
+      `TSGIScriptAlias /other ${SPIN}`,
       // One child: the requests after the stall must reach the child that had it.
       'StartServers 1',
       'MinSpareThreads 1',
@@ -40,8 +44,8 @@ afterAll(async () => {
   await apache?.stop();
 });
 
-const ok = async () => {
-  const r = await request(apache.url('/app/ok'));
+const ok = async (mount = '/app') => {
+  const r = await request(apache.url(`${mount}/ok`));
   expect(r.status, r.text).toBe(200);
   return JSON.parse(r.text) as { pid: number; count: number };
 };
@@ -52,18 +56,28 @@ describe('event-loop watchdog', () => {
   it('a while (true): the waiting requests get 504, the environment is re-created, the child serves on', async () => {
     const before = await ok();
     expect((await ok()).count).toBe(before.count + 1);
+    expect((await ok('/other')).count).toBe(1);
     const processes = apache.processes().sort();
 
     const mark = apache.logMark();
-    const spin = request(apache.url('/app/spin'));
+    let spinDone = false;
+    const spin = request(apache.url('/app/spin')).finally(() => (spinDone = true));
     await apache.waitForLog(/spin\.tsgi: entering while \(true\)/, 10_000, mark);
     // Queued behind the blocked loop: it waits too, and gets the same answer.
     const queued = request(apache.url('/app/ok'));
+    // Another application group is another event loop: it is served meanwhile.
+    const other = await ok('/other');
+    expect(other).toEqual({ pid: before.pid, count: 2 });
+    expect(spinDone).toBe(false);
     const [a, b] = await Promise.all([spin, queued]);
     expect(a.status).toBe(504);
     expect(b.status).toBe(504);
 
-    await apache.waitForLog(/TSGI0130: watchdog: the Node event loop has not turned for 2 s; 2 waiting request\(s\) get 504/, 5000, mark);
+    await apache.waitForLog(
+      /TSGI0130: watchdog: the Node event loop of application group '127\.0\.0\.1:\d+\|\/app' has not turned for 2 s; 2 waiting request\(s\) get 504/,
+      5000,
+      mark,
+    );
     await apache.waitForLog(/TSGI0124: re-creating the Node environment/, 10_000, mark);
     await apache.waitForLog(/TSGI0120: embedded runtime ready/, 30_000, mark);
 
@@ -71,7 +85,7 @@ describe('event-loop watchdog', () => {
     const log = Buffer.from(apache.errorLog()).subarray(mark).toString('utf8');
     const lines = log.split('\n').filter((l) => l.includes('TSGI0109'));
     expect(lines, log).toHaveLength(2);
-    for (const l of lines) expect(l).toContain(`TSGI0109: ${SPIN}: the Node event loop of this child was blocked for more than 2 s`);
+    for (const l of lines) expect(l).toContain(`TSGI0109: ${SPIN}: the Node event loop of its application group was blocked for more than 2 s`);
     // The stop is the watchdog's, not a failure of the app or the binding.
     expect(log).not.toMatch(/TSGI011[0-4]|TSGI0108|TSGI0121|TSGI0123/);
 
@@ -79,6 +93,8 @@ describe('event-loop watchdog', () => {
     const after = await ok();
     expect(after.pid).toBe(before.pid);
     expect(after.count).toBe(1);
+    // The other group's environment was not touched.
+    expect(await ok('/other')).toEqual({ pid: before.pid, count: 3 });
     expect(apache.processes().sort()).toEqual(processes);
   });
 

@@ -148,12 +148,14 @@ function main(): void {
     config.protocol === 'http'
       ? createHttpServer({ provider: loader, log, mountPoint: config.mountPoint, monitor, multiprocess: config.multiprocess })
       : config.protocol === 'fastcgi'
-        ? createFastCgiServer({ provider: loader, log, environ: { mountPoint: config.mountPoint }, multiprocess: config.multiprocess, monitor })
+        ? createFastCgiServer({ provider: loader, log, environ: { mountPoint: config.mountPoint || undefined }, multiprocess: config.multiprocess, monitor })
         : createStreamServer({
             protocol: config.protocol,
             provider: loader,
             log,
-            mountPoint: config.mountPoint,
+            // '' means "not given": keep the web server's SCRIPT_NAME (an empty mount point
+            // would re-split the path as if mounted at /).
+            mountPoint: config.mountPoint || undefined,
             monitor,
             context: { multithread: config.threads > 1, multiprocess: config.multiprocess },
           });

@@ -78,7 +78,7 @@ async function handleRequest(
   const mapped = mapMount(decoded, options.mountPoint ?? '');
   if (mapped === null) return plainResponse(req, res, 404, 'Not Found', options, started);
 
-  const local = req.socket.address() as AddressInfo;
+  const local = req.socket.address() as Partial<AddressInfo>;
   const environ: Record<string, unknown> = {
     ...options.setEnv,
     REQUEST_METHOD: req.method ?? 'GET',
@@ -86,13 +86,14 @@ async function handleRequest(
     PATH_INFO: mapped.pathInfo,
     QUERY_STRING: query,
     REQUEST_URI: rawTarget,
-    SERVER_NAME: hostName(req.headers.host) ?? local.address,
-    SERVER_PORT: String(local.port),
-    SERVER_ADDR: local.address,
+    // On a Unix socket there is no local address or port: the Host header (or 80) says
+    // what the client asked for.
+    SERVER_NAME: hostName(req.headers.host) ?? local.address ?? 'localhost',
+    SERVER_PORT: local.port !== undefined ? String(local.port) : (hostPort(req.headers.host) ?? '80'),
+    ...(local.address ? { SERVER_ADDR: local.address } : {}),
     SERVER_PROTOCOL: `HTTP/${req.httpVersion}`,
     SERVER_SOFTWARE,
-    REMOTE_ADDR: req.socket.remoteAddress ?? '',
-    REMOTE_PORT: String(req.socket.remotePort ?? ''),
+    ...(req.socket.remoteAddress ? { REMOTE_ADDR: req.socket.remoteAddress, REMOTE_PORT: String(req.socket.remotePort) } : {}),
   };
   addHeaderVariables(environ, req.rawHeaders, { passAuthorization: options.passAuthorization, latin1Values: true });
   const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
@@ -184,6 +185,12 @@ function plainResponse(req: IncomingMessage, res: ServerResponse, code: number, 
 function hostName(host: string | undefined): string | undefined {
   if (!host) return undefined;
   const m = /^(\[[0-9A-Fa-f:.]+\]|[^:[\]]+)(?::\d*)?$/.exec(host);
+  return m ? m[1] : undefined;
+}
+
+/** The port part of a Host header; undefined when absent. */
+function hostPort(host: string | undefined): string | undefined {
+  const m = host ? /:(\d+)$/.exec(host) : null;
   return m ? m[1] : undefined;
 }
 

@@ -329,6 +329,15 @@ describe('tsgi daemon over the gateway protocols', () => {
     expect(out).toContain('path=/proto');
   });
 
+  it('scgi without --mount-point keeps the web server\'s SCRIPT_NAME', async () => {
+    const { port } = await daemonFor('scgi');
+    const vars = { ...cgiVars(port), SCRIPT_NAME: '/mnt', PATH_INFO: '/proto', REQUEST_URI: '/mnt/proto' };
+    const out = (await exchange(port, encodeScgiRequest(vars, 0))).toString();
+    expect(out).toMatch(/^Status: 200 OK\r\n/);
+    expect(out).toContain('path=/proto');
+    expect(out).not.toContain('path=/mnt/proto');
+  });
+
   it('uwsgi', async () => {
     const { port } = await daemonFor('uwsgi');
     const out = (await exchange(port, encodeUwsgiRequest(cgiVars(port)))).toString();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/run.sh: issue 3 §8. One run measures four "Hello World!\n" (13 bytes) configurations,
 # each in its own PRIVATE Apache instance (event MPM, own ServerRoot/config/pid/logs in a temp
-# dir, 127.0.0.1 on a free port; never the system service), and writes docs/benchmarks.md.
+# dir, 127.0.0.1 on a free port; never the system service), and writes its section of
+# docs/benchmarks.md (between <!-- bench:apache --> and <!-- /bench:apache -->; the rest is kept).
 #
 #   1 static       Apache serving a 13-byte file
 #   2 tsgi         mod_tsgi embedded, examples/hello.tsgi
@@ -401,7 +402,19 @@ w('| ' + ' | '.join(rows[0].keys()) + ' |')
 w('|' + '---|' * len(rows[0]))
 for r in rows:
     w('| ' + ' | '.join(r.values()) + ' |')
-open(out, 'w').write('\n'.join(L) + '\n')
+# Only the part between the bench:apache markers is ours (bench/webservers.sh owns its own section).
+start, end = '<!-- bench:apache -->', '<!-- /bench:apache -->'
+block = start + '\n' + '\n'.join(L) + '\n' + end
+try:
+    old = open(out).read()
+except FileNotFoundError:
+    old = ''
+if start in old and end in old:
+    i = old.index(start); j = old.index(end) + len(end)
+    new = old[:i] + block + old[j:]
+else:
+    new = block + '\n' + ('\n' + old if old.strip() else '')
+open(out, 'w').write(new)
 PY
 log "wrote $OUT in ${ELAPSED}s"
-sed -n '/^## Results/,/^## Method/p' "$OUT"
+sed -n '/<!-- bench:apache -->/,/<!-- \/bench:apache -->/p' "$OUT" | sed -n '/^## Results/,/^## Method/p'

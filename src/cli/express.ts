@@ -1,40 +1,75 @@
 /**
  * `tsgi express`: a .tsgi file to a running Apache in one command, after
- * mod_wsgi-express (reference/mod_wsgi.md §6). Today: `start-server`, embedded mode.
+ * mod_wsgi-express (reference/mod_wsgi.md §6). Embedded mode only (daemon mode in
+ * Apache does not exist yet).
  *
- *   tsgi express start-server APP.tsgi [--port N] [--host H] [--mode embedded]
- *                                      [--server-root DIR] [--log-level L]
+ *   tsgi express start-server APP.tsgi [options]   foreground, logs on the terminal
+ *   tsgi express setup-server APP.tsgi [options]   the same server root + ROOT/apachectl
+ *   tsgi express module-config                     the LoadModule line
+ *   tsgi express install-module                    into Debian's Apache, for a2enmod tsgi
  *
  * It writes a complete httpd.conf into a server root (httpd-config.ts), runs
  * /usr/sbin/apache2 in the foreground with its logs on this terminal, prints a banner
  * once Apache accepts connections, and stops Apache on Ctrl-C or SIGTERM: graceful
  * stop first, bounded, with nothing left running (httpd-runner.ts).
  */
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
 import {
   APACHE_BIN,
+  DEFAULT_TIMEOUTS,
   connectHost,
   expressSettings,
+  isRoot,
   serverRootFiles,
   serverUrl,
   writeServerRoot,
   type ExpressSettings,
 } from './httpd-config';
 import { ForegroundHttpd, LogRelay, httpdProcesses, type StopStep } from './httpd-runner';
-import { modulePath } from './module-config';
+import { installModuleCommand, moduleConfigCommand, modulePath } from './module-config';
 
 export const EXPRESS_USAGE = `usage: tsgi express start-server APP.tsgi [options]
+       tsgi express setup-server APP.tsgi [options]
+       tsgi express module-config
+       tsgi express install-module
 
-Runs APP.tsgi under a private Apache httpd with mod_tsgi, in the foreground, with the
-error log on stderr and the access log on stdout. Ctrl-C stops it.
+start-server  runs APP.tsgi under a private Apache httpd with mod_tsgi, in the
+              foreground, the error log on stderr and the access log on stdout;
+              Ctrl-C stops it.
+setup-server  writes the same server root plus an apachectl script:
+              ROOT/apachectl start|stop|restart|graceful|configtest (start runs it
+              in the background, logs in ROOT/error_log).
+module-config prints the httpd.conf lines that load the built mod_tsgi.
+install-module
+              (root) installs mod_tsgi into the system Apache: the module and its
+              libnode under /usr/lib/apache2/modules, and mods-available/tsgi.load and
+              tsgi.conf, so that \`a2enmod tsgi\` enables it.
 
-options:
+options of start-server and setup-server:
   --port N             port to listen on (default 8000)
   --host H             address to listen on (default 127.0.0.1)
   --mode embedded      embedded (the default: the app runs inside the Apache children);
                        daemon mode is not available yet
+  --processes N        Apache child processes (default 1)
+  --threads N          threads per child (default 5)
+  --user U, --group G  (root only) the user and group of Apache's children
+                       (default www-data when root)
+  --mount-point /PATH  URL path of the app (default /)
+  --url-alias URL PATH static files: PATH (a directory or a file) at URL; repeatable
+  --reload-on-changes  reload APP.tsgi when it changes (TSGIScriptReloading On;
+                       default Off)
+  --setenv NAME VALUE  a variable in every request's environ (SetEnv); repeatable
+  --request-timeout S  Apache's Timeout, and TSGIEventLoopTimeout: a Node event loop
+                       blocked this long answers 504 (default 60)
+  --server-status      mod_status at /server-status, for clients on this machine
+  --include-file FILE  Include FILE (raw Apache directives) at the end; repeatable
+  --access-log         log requests (start-server always does, on stdout;
+                       setup-server into ROOT/access_log)
+  --log-to-terminal    start-server always logs to the terminal; setup-server: when
+                       \`apachectl start\` runs on a terminal, in the foreground with
+                       the logs on it
   --server-root DIR    where httpd.conf, the pid file and runtime files go
                        (default <tmpdir>/tsgi-express-<port>-<uid>)
   --log-level L        Apache LogLevel (default info; e.g. warn, debug, "warn tsgi:debug")
@@ -59,6 +94,12 @@ export async function expressCommand(args: string[]): Promise<number> {
   switch (sub) {
     case 'start-server':
       return startServer(rest);
+    case 'setup-server':
+      return setupServer(rest);
+    case 'module-config':
+      return moduleConfigCommand(rest, 'tsgi express module-config');
+    case 'install-module':
+      return installModuleCommand(rest);
     case undefined:
     case '-h':
     case '--help':
@@ -66,47 +107,175 @@ export async function expressCommand(args: string[]): Promise<number> {
       process.stdout.write(EXPRESS_USAGE);
       return sub === undefined ? 2 : 0;
     default:
-      return fail(`unknown subcommand ${JSON.stringify(sub)} (available: start-server)\n\n${EXPRESS_USAGE}`);
+      return fail(`unknown subcommand ${JSON.stringify(sub)} (available: start-server, setup-server, module-config, install-module)\n\n${EXPRESS_USAGE}`);
+  }
+}
+
+/** Options: how many values each takes, and whether it may repeat. */
+const OPTIONS: Record<string, { values: 0 | 1 | 2; repeat?: boolean }> = {
+  port: { values: 1 },
+  host: { values: 1 },
+  mode: { values: 1 },
+  processes: { values: 1 },
+  threads: { values: 1 },
+  user: { values: 1 },
+  group: { values: 1 },
+  'mount-point': { values: 1 },
+  'url-alias': { values: 2, repeat: true },
+  'reload-on-changes': { values: 0 },
+  setenv: { values: 2, repeat: true },
+  'request-timeout': { values: 1 },
+  'server-status': { values: 0 },
+  'include-file': { values: 1, repeat: true },
+  'access-log': { values: 0 },
+  'log-to-terminal': { values: 0 },
+  'server-root': { values: 1 },
+  'log-level': { values: 1 },
+  help: { values: 0 },
+};
+
+interface RawOptions {
+  positionals: string[];
+  /** Each option's occurrences, each a list of its values. */
+  options: Map<string, string[][]>;
+}
+
+/** Strict parsing: every error names the option. `--name=value` works for one-value options. */
+export function parseOptions(args: string[]): RawOptions | string {
+  const out: RawOptions = { positionals: [], options: new Map() };
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg === '--') {
+      out.positionals.push(...args.slice(i + 1));
+      break;
+    }
+    if (!arg.startsWith('-') || arg === '-') {
+      out.positionals.push(arg);
+      continue;
+    }
+    if (arg === '-h') {
+      out.options.set('help', [[]]);
+      continue;
+    }
+    if (!arg.startsWith('--')) return `unknown option ${arg}`;
+    const eq = arg.indexOf('=');
+    const name = arg.slice(2, eq === -1 ? undefined : eq);
+    const spec = OPTIONS[name];
+    if (!spec) return `unknown option --${name}`;
+    let values: string[];
+    if (eq !== -1) {
+      if (spec.values !== 1) return `--${name} ${spec.values === 0 ? 'takes no value' : `takes 2 values: --${name} ${name === 'setenv' ? 'NAME VALUE' : 'URL PATH'}`}`;
+      values = [arg.slice(eq + 1)];
+    } else {
+      values = args.slice(i + 1, i + 1 + spec.values);
+      if (values.length < spec.values || values.some((v) => v.startsWith('--'))) {
+        return spec.values === 1 ? `--${name} needs a value` : `--${name} needs ${spec.values} values (--${name} ${name === 'setenv' ? 'NAME VALUE' : 'URL PATH'})`;
+      }
+      i += spec.values;
+    }
+    const seen = out.options.get(name);
+    if (seen && !spec.repeat) return `--${name} given more than once`;
+    out.options.set(name, [...(seen ?? []), values]);
+  }
+  return out;
+}
+
+function intOption(raw: RawOptions, name: string, dflt: number, min: number, max: number): number | string {
+  const v = raw.options.get(name)?.[0]?.[0];
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < min || n > max) return `--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(v)}`;
+  return n;
+}
+
+function accountExists(kind: 'passwd' | 'group', name: string): boolean {
+  try {
+    execFileSync('getent', [kind, name], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
   }
 }
 
 /** Parses and checks the command line; a string is the error message ('help' for --help). */
-function parseStartServer(args: string[]): ExpressSettings | string {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        port: { type: 'string', default: '8000' },
-        host: { type: 'string', default: '127.0.0.1' },
-        mode: { type: 'string', default: 'embedded' },
-        'server-root': { type: 'string' },
-        'log-level': { type: 'string', default: 'info' },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    });
-  } catch (err) {
-    return (err as Error).message;
-  }
-  const { values, positionals } = parsed;
-  if (values.help) return 'help';
-  if (values.mode === 'daemon') {
+export function parseServerOptions(args: string[], command: 'start-server' | 'setup-server'): ExpressSettings | string {
+  const raw = parseOptions(args);
+  if (typeof raw === 'string') return raw;
+  const one = (name: string): string | undefined => raw.options.get(name)?.[0]?.[0];
+  const flag = (name: string): boolean => raw.options.has(name);
+  if (flag('help')) return 'help';
+  const mode = one('mode') ?? 'embedded';
+  if (mode === 'daemon') {
     return '--mode daemon is not available yet: daemon mode comes in a later release. Use --mode embedded (the default).';
   }
-  if (values.mode !== 'embedded') return `--mode must be embedded or daemon, got ${JSON.stringify(values.mode)}`;
-  if (positionals.length !== 1) return 'expected exactly one APP.tsgi argument';
-  const port = Number(values.port);
-  if (!/^\d+$/.test(values.port) || port < 1 || port > 65535) {
-    return `--port must be a port number (1-65535), got ${JSON.stringify(values.port)}`;
+  if (mode !== 'embedded') return `--mode must be embedded or daemon, got ${JSON.stringify(mode)}`;
+  if (raw.positionals.length !== 1) return 'expected exactly one APP.tsgi argument';
+  const portText = one('port') ?? '8000';
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText) || port < 1 || port > 65535) {
+    return `--port must be a port number (1-65535), got ${JSON.stringify(portText)}`;
   }
-  if (!/^[A-Za-z0-9.:\-_[\]*]+$/.test(values.host)) return `--host must be a host name or an IP address, got ${JSON.stringify(values.host)}`;
-  const logLevel = values['log-level'].trim();
+  const host = one('host') ?? '127.0.0.1';
+  if (!/^[A-Za-z0-9.:\-_[\]*]+$/.test(host)) return `--host must be a host name or an IP address, got ${JSON.stringify(host)}`;
+  const logLevelText = one('log-level') ?? 'info';
+  const logLevel = logLevelText.trim();
   if (logLevel === '' || !logLevel.split(/\s+/).every((w) => LOG_LEVEL.test(w))) {
-    return `--log-level must be an Apache LogLevel (emerg ... info, debug, trace1-8, optionally per module as "tsgi:debug"), got ${JSON.stringify(values['log-level'])}`;
+    return `--log-level must be an Apache LogLevel (emerg ... info, debug, trace1-8, optionally per module as "tsgi:debug"), got ${JSON.stringify(logLevelText)}`;
   }
-  const app = path.resolve(positionals[0]!);
+  const processes = intOption(raw, 'processes', 1, 1, 64);
+  if (typeof processes === 'string') return processes;
+  const threads = intOption(raw, 'threads', 5, 1, 1000);
+  if (typeof threads === 'string') return threads;
+  const requestTimeout = intOption(raw, 'request-timeout', DEFAULT_TIMEOUTS.request, 1, 86400);
+  if (typeof requestTimeout === 'string') return requestTimeout;
+
+  let user: string | undefined;
+  let group: string | undefined;
+  for (const [name, kind] of [['user', 'passwd'], ['group', 'group']] as const) {
+    const v = one(name);
+    if (v === undefined) continue;
+    if (!isRoot()) return `--${name} needs root (Apache can only switch users when started as root)`;
+    if (!/^[A-Za-z_][A-Za-z0-9_.-]*\$?$/.test(v) || !accountExists(kind, v)) return `--${name}: no such ${name} ${JSON.stringify(v)}`;
+    if (name === 'user') user = v;
+    else group = v;
+  }
+  if (user !== undefined && group === undefined) {
+    try {
+      group = execFileSync('id', ['-gn', user], { encoding: 'utf8' }).trim();
+    } catch {
+      group = user;
+    }
+  }
+
+  const URL_PATH = /^\/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$/;
+  let mountPoint = one('mount-point') ?? '/';
+  if (!URL_PATH.test(mountPoint) || mountPoint.includes('//')) return `--mount-point must be a URL path such as /app, got ${JSON.stringify(mountPoint)}`;
+  if (mountPoint.length > 1) mountPoint = mountPoint.replace(/\/+$/, '');
+
+  const urlAliases: { url: string; path: string }[] = [];
+  for (const [url, dir] of raw.options.get('url-alias') ?? []) {
+    if (!URL_PATH.test(url!)) return `--url-alias: the URL must be a path such as /static, got ${JSON.stringify(url)}`;
+    const p = path.resolve(dir!);
+    if (!fs.existsSync(p)) return `--url-alias ${url}: ${p}: no such file or directory`;
+    if (/["\n]/.test(p)) return `--url-alias ${url}: ${JSON.stringify(p)}: unusable path`;
+    urlAliases.push({ url: url!.length > 1 ? url!.replace(/\/+$/, '') : url!, path: p });
+  }
+
+  const setenv: [string, string][] = [];
+  for (const [name, value] of raw.options.get('setenv') ?? []) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name!)) return `--setenv: the name must be letters, digits and _, got ${JSON.stringify(name)}`;
+    if (/[\n\r\0]/.test(value!)) return `--setenv ${name}: the value may not contain a line break or NUL`;
+    setenv.push([name!, value!]);
+  }
+
+  const includeFiles: string[] = [];
+  for (const [file] of raw.options.get('include-file') ?? []) {
+    const p = path.resolve(file!);
+    if (!fs.existsSync(p) || !fs.statSync(p).isFile()) return `--include-file: ${p}: no such file`;
+    includeFiles.push(p);
+  }
+
+  const app = path.resolve(raw.positionals[0]!);
   let st: fs.Stats;
   try {
     st = fs.statSync(app);
@@ -114,15 +283,66 @@ function parseStartServer(args: string[]): ExpressSettings | string {
     return `${app}: no such file`;
   }
   if (!st.isFile()) return `${app}: not a file`;
+  const serverRoot = one('server-root');
   return expressSettings({
     app,
     port,
-    host: values.host,
+    host,
     mode: 'embedded',
     logLevel,
     modulePath: modulePath(),
-    serverRoot: values['server-root'] === undefined ? undefined : path.resolve(values['server-root']),
+    serverRoot: serverRoot === undefined ? undefined : path.resolve(serverRoot),
+    processes,
+    threads,
+    timeouts: { ...DEFAULT_TIMEOUTS, request: requestTimeout },
+    ...(user !== undefined ? { user } : {}),
+    ...(group !== undefined ? { group } : {}),
+    mountPoint,
+    urlAliases,
+    reloadOnChanges: flag('reload-on-changes'),
+    logs: command === 'start-server' ? 'relay' : 'files',
+    logToTerminal: flag('log-to-terminal'),
+    accessLog: command === 'start-server' ? true : flag('access-log'),
+    includeFiles,
+    serverStatus: flag('server-status'),
+    setenv,
   });
+}
+
+/** What both server commands need before writing anything. */
+function preflight(settings: ExpressSettings): string | null {
+  if (!fs.existsSync(settings.modulePath)) return `${settings.modulePath} does not exist; build mod_tsgi with \`npm run build\``;
+  if (!fs.existsSync(APACHE_BIN)) return `${APACHE_BIN} not found; install Apache (\`apt-get install apache2\`; \`npm run build\` does it as root)`;
+  if (settings.user && !othersCanRead(settings.app)) {
+    process.stderr.write(`tsgi express: warning: Apache's workers run as ${settings.user} and may not be able to read ${settings.app} (it needs o+r, and o+x on its directories)\n`);
+  }
+  return null;
+}
+
+async function setupServer(args: string[]): Promise<number> {
+  const settings = parseServerOptions(args, 'setup-server');
+  if (settings === 'help') {
+    process.stdout.write(EXPRESS_USAGE);
+    return 0;
+  }
+  if (typeof settings === 'string') return fail(settings);
+  const problem = preflight(settings);
+  if (problem) return fail(problem, 1);
+  const files = serverRootFiles(settings.serverRoot);
+  try {
+    writeServerRoot(settings);
+  } catch (err) {
+    return fail((err as Error).message, 1);
+  }
+  process.stdout.write(
+    `tsgi express: server root ${settings.serverRoot} is ready for ${settings.app}\n` +
+      `  config:   ${files.conf}\n` +
+      `  control:  ${files.apachectl} start|stop|restart|graceful|configtest\n` +
+      `  URL:      ${serverUrl(settings)}${settings.mountPoint === '/' ? '' : settings.mountPoint.slice(1)}\n` +
+      `  logs:     ${files.errorLogFile}${settings.accessLog ? `, ${files.accessLogFile}` : ''}` +
+      `${settings.logToTerminal ? ' (on the terminal when apachectl start runs on one)' : ''}\n`,
+  );
+  return 0;
 }
 
 /** Whether `user` (Apache's workers, when we are root) can plainly read `file`: o+r on it, o+x on its directories. */
@@ -143,7 +363,12 @@ function banner(s: ExpressSettings, httpd: ForegroundHttpd, conf: string): strin
   const row = (k: string, v: string) => `  ${(k + ':').padEnd(13)}${v}\n`;
   return (
     `tsgi express: serving ${s.app}\n` +
-    row('URL', serverUrl(s)) +
+    row('URL', serverUrl(s) + (s.mountPoint === '/' ? '' : s.mountPoint.slice(1))) +
+    s.urlAliases.map((a) => row('Static', `${serverUrl(s).slice(0, -1)}${a.url} -> ${a.path}`)).join('') +
+    (s.serverStatus ? row('Status', `${serverUrl(s)}server-status (local clients)`) : '') +
+    row('Reloading', s.reloadOnChanges ? 'on: edits to the app are picked up on the next request' : 'off (--reload-on-changes to pick up edits)') +
+    (s.setenv.length > 0 ? row('SetEnv', s.setenv.map(([k]) => k).join(', ')) : '') +
+    (s.includeFiles.length > 0 ? row('Include', s.includeFiles.join(', ')) : '') +
     row('Mode', `${s.mode} (a Node runtime inside each Apache child), event MPM`) +
     row('Capacity', `${s.processes} process${s.processes === 1 ? '' : 'es'} x ${s.threads} threads (MaxRequestWorkers ${s.processes * s.threads})`) +
     row('Timeouts', `request ${t.request} s, keep-alive ${t.keepAlive} s, request headers ${t.header}-${t.headerMax} s, body ${t.body} s, graceful stop ${t.graceful} s`) +
@@ -157,21 +382,14 @@ function banner(s: ExpressSettings, httpd: ForegroundHttpd, conf: string): strin
 }
 
 async function startServer(args: string[]): Promise<number> {
-  const settings = parseStartServer(args);
+  const settings = parseServerOptions(args, 'start-server');
   if (settings === 'help') {
     process.stdout.write(EXPRESS_USAGE);
     return 0;
   }
   if (typeof settings === 'string') return fail(settings);
-  if (!fs.existsSync(settings.modulePath)) {
-    return fail(`${settings.modulePath} does not exist; build mod_tsgi with \`npm run build\``, 1);
-  }
-  if (!fs.existsSync(APACHE_BIN)) {
-    return fail(`${APACHE_BIN} not found; install Apache (\`apt-get install apache2\`; \`npm run build\` does it as root)`, 1);
-  }
-  if (settings.user && !othersCanRead(settings.app)) {
-    process.stderr.write(`tsgi express: warning: Apache's workers run as ${settings.user} and may not be able to read ${settings.app} (it needs o+r, and o+x on its directories)\n`);
-  }
+  const problem = preflight(settings);
+  if (problem) return fail(problem, 1);
 
   const files = serverRootFiles(settings.serverRoot);
   let conf: string;

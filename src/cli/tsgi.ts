@@ -2,7 +2,8 @@
  * The `tsgi` command. Subcommands:
  *   serve APP.tsgi [--host H] [--port N] [--reload]   the development server
  *   module-config                                      httpd.conf lines loading mod_tsgi
- *   express start-server APP.tsgi [...]                a private Apache with mod_tsgi
+ *   express start-server|setup-server APP.tsgi [...]   a private Apache with mod_tsgi
+ *   express module-config|install-module               mod_tsgi for the system Apache
  *   daemon APP.tsgi --listen ... --protocol ...        the daemon pool for lighttpd/nginx/mod_proxy
  */
 import { daemonCommand } from './daemon';
@@ -19,9 +20,18 @@ commands:
   module-config
       Prints the httpd.conf lines that load mod_tsgi (built by \`npm run build\`).
   express start-server APP.tsgi [--port N] [--host H] [--mode embedded]
+                       [--processes N] [--threads N] [--user U] [--group G]
+                       [--mount-point /PATH] [--url-alias URL PATH] [--reload-on-changes]
+                       [--setenv NAME VALUE] [--request-timeout S] [--server-status]
+                       [--include-file FILE] [--access-log] [--log-to-terminal]
                        [--server-root DIR] [--log-level L]
       Runs APP.tsgi under a private Apache with mod_tsgi in the foreground, logs on
       the terminal (default http://127.0.0.1:8000/); Ctrl-C stops it.
+  express setup-server APP.tsgi [same options]
+      Writes the same server root plus ROOT/apachectl start|stop|restart|graceful|configtest.
+  express module-config | express install-module
+      Prints the LoadModule line; (root) installs mod_tsgi into the system Apache
+      with mods-available/tsgi.load and tsgi.conf, for \`a2enmod tsgi\`.
   daemon APP.tsgi --listen unix:PATH|tcp:HOST:PORT --protocol uwsgi|scgi|fastcgi|http
          [--processes N] [--threads N] [--maximum-requests N] [--user U] [--group G]
          [--socket-mode MODE] [--request-timeout S] [--graceful-timeout S]

@@ -5,7 +5,7 @@
  * this command, and conf/httpd-tsgi.conf passes `apache2 -t` and serves its sites.
  */
 import { describe, it, expect, beforeAll, afterEach } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
@@ -193,7 +193,7 @@ describe('tsgi express start-server', () => {
       [['start-server', 'examples/hello.tsgi', '--port', 'http'], 'tsgi express: --port must be a port number (1-65535), got "http"\n'],
       [['start-server', 'examples/hello.tsgi', '--log-level', 'loud'], /--log-level must be an Apache LogLevel/],
       [['start-server'], 'tsgi express: expected exactly one APP.tsgi argument\n'],
-      [['stop-server'], /unknown subcommand "stop-server" \(available: start-server\)/],
+      [['stop-server'], /unknown subcommand "stop-server" \(available: start-server, setup-server, module-config, install-module\)/],
     ] as const) {
       const e = runExpress([...args]);
       expect((await exitWithin(e, 10_000)).code).toBe(2);
@@ -219,6 +219,367 @@ describe('tsgi express start-server', () => {
       blocker.close();
     }
   });
+});
+
+/** Runs a command to completion: code and combined output. */
+function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}) {
+  const r = spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', env: opts.env ?? process.env, timeout: opts.timeoutMs ?? 30_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  return { code: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '', output: `${r.stdout ?? ''}${r.stderr ?? ''}` };
+}
+
+const tsgi = (...args: string[]) => run(process.execPath, [TSGI_BIN, 'express', ...args]);
+
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A readable temp dir (Apache's workers run as www-data under root) with the given files. */
+function appDir(files: Record<string, string>): string {
+  const dir = makeReadableTempDir('tsgi-express-opts-');
+  for (const [rel, text] of Object.entries(files)) {
+    fs.mkdirSync(join(dir, rel, '..'), { recursive: true, mode: 0o755 });
+    fs.chmodSync(join(dir, rel, '..'), 0o755);
+    fs.writeFileSync(join(dir, rel), text, { mode: 0o644 });
+  }
+  return dir;
+}
+
+const ENVIRON_APP = fs.readFileSync(join(ROOT, 'test', 'fixtures', 'environ.tsgi'), 'utf8');
+const versionApp = (v: string) => `export function application(environ: any, startResponse: any) {
+  startResponse('200 OK', [['Content-Type', 'text/plain']]);
+  return ['${v}\\n'];
+}
+`;
+
+describe('tsgi express start-server options, over HTTP', () => {
+  it('--mount-point, --url-alias, --setenv, --server-status, --include-file, --processes/--threads, --request-timeout', async () => {
+    const dir = appDir({
+      'app/environ.tsgi': ENVIRON_APP,
+      'app/static/hello.txt': 'static hello\n',
+      'logo.txt': 'one file\n',
+      'extra.conf': '# --include-file\nSetEnv FROM_INCLUDE "yes"\n',
+    });
+    const serverRoot = join(dir, 'root');
+    roots.push(serverRoot);
+    try {
+      const port = await freePort();
+      const e = runExpress([
+        'start-server', join(dir, 'app', 'environ.tsgi'), '--port', String(port), '--server-root', serverRoot,
+        '--mount-point', '/app/', '--url-alias', '/static', join(dir, 'app', 'static'), '--url-alias', '/logo.txt', join(dir, 'logo.txt'),
+        '--setenv', 'GREETING', 'hello "world"', '--setenv', 'EMPTY', '', '--server-status', '--include-file', join(dir, 'extra.conf'),
+        '--processes', '2', '--threads', '3', '--request-timeout', '42',
+      ]);
+      await e.waitFor('stderr', /Press Ctrl-C to stop\./);
+      const banner = e.stderr();
+      expect(banner).toMatch(new RegExp(`URL: +http://127\\.0\\.0\\.1:${port}/app\\n`));
+      expect(banner).toContain(`Static:      http://127.0.0.1:${port}/static -> ${join(dir, 'app', 'static')}\n`);
+      expect(banner).toMatch(/Capacity: +2 processes x 3 threads \(MaxRequestWorkers 6\)\n/);
+      expect(banner).toMatch(/Timeouts: +request 42 s,/);
+      expect(banner).toContain(`Status:      http://127.0.0.1:${port}/server-status (local clients)\n`);
+      expect(banner).toMatch(/Reloading: +off/);
+
+      // --mount-point moves the app: SCRIPT_NAME is the mount, / is not the app.
+      const r = await request(`http://127.0.0.1:${port}/app/some/path?x=1`);
+      expect(r.status, e.stderr()).toBe(200);
+      const environ = JSON.parse(r.text);
+      expect(environ).toMatchObject({ SCRIPT_NAME: '/app', PATH_INFO: '/some/path', QUERY_STRING: 'x=1' });
+      // --setenv reaches environ (quotes and an empty value intact), so does the --include-file's SetEnv.
+      expect(environ).toMatchObject({ GREETING: 'hello "world"', EMPTY: '', FROM_INCLUDE: 'yes' });
+      // Outside the mount point: the DocumentRoot, which nothing grants (not the app).
+      expect((await request(`http://127.0.0.1:${port}/`)).status).toBe(403);
+      expect((await request(`http://127.0.0.1:${port}/application`)).status).toBe(403);
+
+      // --url-alias: a directory and a single file beside the app, served by Apache.
+      const st = await request(`http://127.0.0.1:${port}/static/hello.txt`);
+      expect([st.status, st.text, st.headers['content-type']]).toEqual([200, 'static hello\n', 'text/plain']);
+      expect((await request(`http://127.0.0.1:${port}/logo.txt`)).text).toBe('one file\n');
+      expect((await request(`http://127.0.0.1:${port}/static/nope.txt`)).status).toBe(404);
+
+      // --server-status: mod_status answers, and shows the 2 x 3 pool.
+      const ss = await request(`http://127.0.0.1:${port}/server-status?auto`);
+      expect(ss.status).toBe(200);
+      expect(ss.text).toContain('ServerMPM: event');
+      expect(Number(/BusyWorkers: (\d+)/.exec(ss.text)?.[1]) + Number(/IdleWorkers: (\d+)/.exec(ss.text)?.[1])).toBe(6);
+
+      // --request-timeout: Apache's Timeout and the event-loop watchdog.
+      const conf = fs.readFileSync(join(serverRoot, 'httpd.conf'), 'utf8');
+      expect(conf).toMatch(/^Timeout 42$/m);
+      expect(conf).toMatch(/^TSGIEventLoopTimeout 42$/m);
+      expect(conf).toMatch(/^TSGIScriptReloading Off$/m);
+      expect(conf).toContain(`Include "${join(dir, 'extra.conf')}"`);
+
+      e.child.kill('SIGINT');
+      expect(await exitWithin(e, 25_000)).toEqual({ code: 0, signal: null });
+      expect(processesMentioning(`${serverRoot}/`)).toEqual([]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it('--reload-on-changes picks up an edit; without it the loaded app stays', async () => {
+    for (const reload of [true, false]) {
+      const dir = appDir({ 'v.tsgi': versionApp('v1') });
+      const serverRoot = join(dir, 'root');
+      roots.push(serverRoot);
+      try {
+        const port = await freePort();
+        const e = runExpress(['start-server', join(dir, 'v.tsgi'), '--port', String(port), '--server-root', serverRoot, ...(reload ? ['--reload-on-changes'] : [])]);
+        await e.waitFor('stderr', /Press Ctrl-C to stop\./);
+        expect(e.stderr()).toMatch(reload ? /Reloading: +on/ : /Reloading: +off/);
+        expect((await request(`http://127.0.0.1:${port}/`)).text).toBe('v1\n');
+        fs.writeFileSync(join(dir, 'v.tsgi'), versionApp('v2'));
+        const later = new Date(Date.now() + 5000);
+        fs.utimesSync(join(dir, 'v.tsgi'), later, later); // a new mtime even within the same second
+        expect((await request(`http://127.0.0.1:${port}/`)).text).toBe(reload ? 'v2\n' : 'v1\n');
+        e.child.kill('SIGTERM');
+        expect(await exitWithin(e, 25_000)).toEqual({ code: 0, signal: null });
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  }, 60_000);
+
+  it.runIf(uid === 0)('--user/--group (root): the children run as that user', async () => {
+    const port = await freePort();
+    const root = join(os.tmpdir(), `tsgi-express-${port}-${uid}`);
+    roots.push(root);
+    const e = runExpress(['start-server', 'examples/hello.tsgi', '--port', String(port), '--user', 'nobody', '--group', 'nogroup']);
+    await e.waitFor('stderr', /Press Ctrl-C to stop\./);
+    expect(e.stderr()).toMatch(/Apache: +\/usr\/sbin\/apache2 pid \d+, workers run as nobody\n/);
+    expect((await request(`http://127.0.0.1:${port}/`)).text).toBe('Hello World!\n');
+    const nobody = Number(spawnSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).stdout.trim());
+    const uids = processesMentioning(`${root}/`).map((pid) => Number(/^Uid:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]));
+    expect(uids).toContain(0); // the parent
+    expect(uids).toContain(nobody); // the child that served
+    expect(fs.readFileSync(join(root, 'httpd.conf'), 'utf8')).toContain('User nobody\nGroup nogroup\n');
+    e.child.kill('SIGINT');
+    expect(await exitWithin(e, 25_000)).toEqual({ code: 0, signal: null });
+  }, 60_000);
+
+  it('refuses bad options, naming the option, before starting anything', async () => {
+    const hello = 'examples/hello.tsgi';
+    for (const [args, message] of [
+      [[hello, '--processes', '0'], '--processes must be a whole number from 1 to 64, got "0"'],
+      [[hello, '--threads', 'many'], '--threads must be a whole number from 1 to 1000, got "many"'],
+      [[hello, '--request-timeout', '-1'], '--request-timeout must be a whole number from 1 to 86400, got "-1"'],
+      [[hello, '--request-timeout'], '--request-timeout needs a value'],
+      [[hello, '--request-timeout', '1.5'], '--request-timeout must be a whole number from 1 to 86400, got "1.5"'],
+      [[hello, '--url-alias', '/static'], '--url-alias needs 2 values (--url-alias URL PATH)'],
+      [[hello, '--url-alias', 'static', 'examples'], '--url-alias: the URL must be a path such as /static, got "static"'],
+      [[hello, '--url-alias', '/s', 'no/such/dir'], `--url-alias /s: ${join(ROOT, 'no/such/dir')}: no such file or directory`],
+      [[hello, '--setenv', '1BAD', 'x'], '--setenv: the name must be letters, digits and _, got "1BAD"'],
+      [[hello, '--setenv', 'ONLY_NAME'], '--setenv needs 2 values (--setenv NAME VALUE)'],
+      [[hello, '--mount-point', 'app'], '--mount-point must be a URL path such as /app, got "app"'],
+      [[hello, '--include-file', 'no-such.conf'], `--include-file: ${join(ROOT, 'no-such.conf')}: no such file`],
+      [[hello, '--port', '1', '--port', '2'], '--port given more than once'],
+      [[hello, '--reload-on-changes=yes'], '--reload-on-changes takes no value'],
+      [[hello, '--bogus'], 'unknown option --bogus'],
+      [[hello, '--user', 'no-such-user-tsgi'], uid === 0 ? '--user: no such user "no-such-user-tsgi"' : '--user needs root (Apache can only switch users when started as root)'],
+    ] as const) {
+      for (const sub of ['start-server', 'setup-server']) {
+        const r = tsgi(sub, ...args);
+        expect(r.code, `${sub} ${args.join(' ')}`).toBe(2);
+        expect(r.stderr).toBe(`tsgi express: ${message}\n`);
+      }
+    }
+  });
+});
+
+describe('tsgi express setup-server', () => {
+  it('writes httpd.conf and apachectl; apachectl start serves in the background, stop leaves nothing', async () => {
+    const dir = appDir({ 'app.tsgi': ENVIRON_APP, 'static/a.txt': 'A\n' });
+    const serverRoot = join(dir, 'root');
+    roots.push(serverRoot);
+    try {
+      const port = await freePort();
+      const setup = tsgi('setup-server', join(dir, 'app.tsgi'), '--port', String(port), '--server-root', serverRoot, '--access-log', '--setenv', 'MODE', 'setup', '--url-alias', '/static', join(dir, 'static'));
+      expect(setup.code, setup.output).toBe(0);
+      expect(setup.stdout).toContain(`control:  ${serverRoot}/apachectl start|stop|restart|graceful|configtest\n`);
+      const ctl = join(serverRoot, 'apachectl');
+      expect(fs.statSync(ctl).mode & 0o777).toBe(0o755);
+      expect(processesMentioning(`${serverRoot}/`)).toEqual([]); // only written, not started
+
+      expect(run(ctl, ['configtest']).output).toContain('Syntax OK');
+      expect(run(ctl, ['bogus'])).toMatchObject({ code: 2, stderr: `usage: ${ctl} start|stop|restart|graceful|graceful-stop|configtest\n` });
+
+      // start returns at once (the server is in the background); stdio not a terminal: logs in files.
+      const start = run(ctl, ['start']);
+      expect(start.code, start.output).toBe(0);
+      await until('the server to answer', async () => (await request(`http://127.0.0.1:${port}/x`).catch(() => null))?.status === 200);
+      expect(JSON.parse((await request(`http://127.0.0.1:${port}/x`)).text)).toMatchObject({ MODE: 'setup', PATH_INFO: '/x' });
+      expect((await request(`http://127.0.0.1:${port}/static/a.txt`)).text).toBe('A\n');
+      expect(processesMentioning(`${serverRoot}/`).length).toBeGreaterThanOrEqual(2);
+      await until('the access log', () => fs.existsSync(join(serverRoot, 'access_log')) && fs.readFileSync(join(serverRoot, 'access_log'), 'utf8').includes('"GET /static/a.txt HTTP/1.1" 200 2 '));
+      expect(fs.readFileSync(join(serverRoot, 'error_log'), 'utf8')).toMatch(/AH00489: Apache\/[\d.]+ \(Debian\) mod_tsgi\/[\d.]+ configured/);
+
+      // A second start is refused by Apache itself (the pid file's process is alive).
+      expect(run(ctl, ['start']).output).toMatch(/already running/);
+      expect(run(ctl, ['graceful']).code).toBe(0);
+      await until('the server to answer after graceful', async () => (await request(`http://127.0.0.1:${port}/x`).catch(() => null))?.status === 200);
+
+      expect(run(ctl, ['stop']).code).toBe(0);
+      await until('every Apache process of the server root to exit', () => processesMentioning(`${serverRoot}/`).length === 0, 15_000);
+      expect(fs.existsSync(join(serverRoot, 'httpd.pid'))).toBe(false);
+      await expect(request(`http://127.0.0.1:${port}/x`, { timeoutMs: 2000 })).rejects.toThrow();
+    } finally {
+      run(join(serverRoot, 'apachectl'), ['stop']);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it.runIf(fs.existsSync('/usr/bin/script'))('--log-to-terminal: apachectl start on a terminal runs in the foreground with the logs on it', async () => {
+    const dir = appDir({ 'app.tsgi': versionApp('tty') });
+    const serverRoot = join(dir, 'root');
+    roots.push(serverRoot);
+    try {
+      const port = await freePort();
+      expect(tsgi('setup-server', join(dir, 'app.tsgi'), '--port', String(port), '--server-root', serverRoot, '--log-to-terminal', '--access-log').code).toBe(0);
+      const ctl = join(serverRoot, 'apachectl');
+      const typescript = join(dir, 'typescript');
+      // util-linux script(1) gives apachectl a pseudo-terminal and records what it prints.
+      const tty = spawn('/usr/bin/script', ['-qfec', `${ctl} start`, typescript], { stdio: 'ignore' });
+      try {
+        await until('the server to answer', async () => (await request(`http://127.0.0.1:${port}/`).catch(() => null))?.status === 200, 20_000);
+        expect((await request(`http://127.0.0.1:${port}/t`)).text).toBe('tty\n');
+        await until('the access log on the terminal', () => fs.readFileSync(typescript, 'utf8').includes('"GET /t HTTP/1.1" 200 4 '));
+        expect(fs.readFileSync(typescript, 'utf8')).toContain('-D TSGI_LOG_TO_TERMINAL -D FOREGROUND');
+        expect(fs.existsSync(join(serverRoot, 'error_log'))).toBe(false);
+        expect(run(ctl, ['stop']).code).toBe(0);
+        await until('every Apache process of the server root to exit', () => processesMentioning(`${serverRoot}/`).length === 0, 15_000);
+        await until('script to exit', () => tty.exitCode !== null || tty.signalCode !== null);
+      } finally {
+        if (tty.exitCode === null) tty.kill('SIGKILL');
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it('configtest on a broken directive prints the file, the line and the reason; start-server reports it too', async () => {
+    const dir = appDir({ 'app.tsgi': versionApp('v1'), 'broken.conf': '# line 1\nTSGIScriptReloading Maybe\n' });
+    const serverRoot = join(dir, 'root');
+    roots.push(serverRoot);
+    try {
+      const port = await freePort();
+      const broken = join(dir, 'broken.conf');
+      expect(tsgi('setup-server', join(dir, 'app.tsgi'), '--port', String(port), '--server-root', serverRoot, '--include-file', broken).code).toBe(0);
+      const t = run(join(serverRoot, 'apachectl'), ['configtest']);
+      expect(t.code).toBe(1);
+      expect(t.output).toContain(`AH00526: Syntax error on line 2 of ${broken}:\nTSGIScriptReloading: expected On or Off, got 'Maybe'\n`);
+      expect(run(join(serverRoot, 'apachectl'), ['start']).code).toBe(1);
+      expect(processesMentioning(`${serverRoot}/`)).toEqual([]);
+
+      const e = runExpress(['start-server', join(dir, 'app.tsgi'), '--port', String(port), '--server-root', serverRoot, '--include-file', broken]);
+      expect((await exitWithin(e, 20_000)).code).toBe(1);
+      expect(e.stderr()).toContain(`AH00526: Syntax error on line 2 of ${broken}:\nTSGIScriptReloading: expected On or Off, got 'Maybe'\n`);
+      expect(e.stderr()).toContain('exited (code 1) before it was ready');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
+
+describe('tsgi express module-config', () => {
+  it('prints the LoadModule line of the built module', () => {
+    const r = tsgi('module-config');
+    expect(r).toMatchObject({ code: 0, stdout: `LoadModule tsgi_module ${MOD_TSGI_SO}\n` });
+    expect(tsgi('module-config', 'extra').code).toBe(2);
+  });
+});
+
+/** The system Apache (Debian's, started by apache2ctl/the service): its parent has no -f. */
+function systemApache(): number[] {
+  const out: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const argv = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      if ((argv[0] === '/usr/sbin/apache2' || argv[0] === 'apache2') && !argv.includes('-f') && !argv.includes('-t') && !argv.includes('-M')) out.push(Number(name));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+const canInstall = uid === 0 && fs.existsSync('/usr/sbin/a2enmod') && fs.existsSync('/etc/apache2/mods-available');
+
+describe.runIf(canInstall)('tsgi express install-module + a2enmod tsgi (the system Apache)', () => {
+  const INSTALLED = ['/usr/lib/apache2/modules/mod_tsgi.so', '/usr/lib/apache2/modules/tsgi', '/etc/apache2/mods-available/tsgi.load', '/etc/apache2/mods-available/tsgi.conf'];
+  const STATE = '/var/lib/apache2/module';
+
+  it('installs, a2enmod tsgi passes apache2ctl -t and loads it, a broken directive is reported, then all of it goes', async () => {
+    for (const p of INSTALLED) expect(fs.existsSync(p), `${p} exists before the test: not touching the system Apache`).toBe(false);
+    expect(fs.existsSync('/etc/apache2/mods-enabled/tsgi.load')).toBe(false);
+    const stateDirsBefore = fs.existsSync(STATE) ? fs.readdirSync(STATE) : [];
+    const serviceBefore = systemApache();
+    // apache2ctl reads /etc/apache2/envvars itself; APACHE_* from the environment would win.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('APACHE_')));
+    let apache: Awaited<ReturnType<typeof startApache>> | null = null;
+    try {
+      const inst = run(process.execPath, [TSGI_BIN, 'express', 'install-module']);
+      expect(inst.code, inst.output).toBe(0);
+      expect(inst.stdout).toContain('  /usr/lib/apache2/modules/tsgi/libnode.so.108\n');
+      expect(inst.stdout).toContain(`runs its JavaScript from ${join(ROOT, 'dist', 'embedded', 'bootstrap.js')}`);
+      expect(fs.readFileSync('/usr/lib/apache2/modules/mod_tsgi.so')).toEqual(fs.readFileSync(MOD_TSGI_SO));
+      expect(fs.readFileSync('/etc/apache2/mods-available/tsgi.load', 'utf8')).toMatch(
+        /^LoadFile \/usr\/lib\/apache2\/modules\/tsgi\/libnode\.so\.108\nLoadModule tsgi_module \/usr\/lib\/apache2\/modules\/mod_tsgi\.so\n$/m,
+      );
+
+      const en = run('a2enmod', ['tsgi'], { env });
+      expect(en.code, en.output).toBe(0);
+      expect(en.stdout).toContain('Enabling module tsgi.');
+      expect(fs.readlinkSync('/etc/apache2/mods-enabled/tsgi.load')).toBe('../mods-available/tsgi.load');
+
+      const t = run('apache2ctl', ['-t'], { env });
+      expect(t.code, t.output).toBe(0);
+      expect(t.output).toContain('Syntax OK');
+      const m = run('apache2ctl', ['-M'], { env });
+      expect(m.stdout).toMatch(/^ tsgi_module \(shared\)$/m);
+
+      // The installed copy serves, with libnode from /usr/lib/apache2/modules/tsgi (not build/).
+      apache = await startApache({
+        config: `Include /etc/apache2/mods-available/tsgi.load\n<Directory "${join(ROOT, 'examples')}">\n    Require all granted\n</Directory>\nTSGIScriptAlias / "${HELLO}"\n`,
+      });
+      expect((await request(apache.url('/'))).text).toBe('Hello World!\n');
+      const maps = fs.readFileSync(`/proc/${apache.pid}/maps`, 'utf8'); // the parent loaded the modules
+      expect(maps).toContain('/usr/lib/apache2/modules/tsgi/libnode.so.108');
+      expect(maps).not.toContain(join(ROOT, 'build', 'libnode'));
+      await apache.stop();
+      apache = null;
+
+      // A broken directive in the enabled tsgi.conf: file, line and reason.
+      fs.appendFileSync('/etc/apache2/mods-available/tsgi.conf', 'TSGIEventLoopTimeout soon\n');
+      const lines = fs.readFileSync('/etc/apache2/mods-available/tsgi.conf', 'utf8').split('\n').length - 1;
+      const bad = run('apache2ctl', ['-t'], { env });
+      expect(bad.code).not.toBe(0);
+      expect(bad.output).toContain(`AH00526: Syntax error on line ${lines} of /etc/apache2/mods-enabled/tsgi.conf:\nTSGIEventLoopTimeout`);
+
+      const dis = run('a2dismod', ['-q', '-p', 'tsgi'], { env });
+      expect(dis.code, dis.output).toBe(0);
+      expect(fs.existsSync('/etc/apache2/mods-enabled/tsgi.load')).toBe(false);
+      expect(run('apache2ctl', ['-M'], { env }).stdout).not.toContain('tsgi_module');
+    } finally {
+      if (apache) await apache.stop();
+      if (fs.existsSync('/etc/apache2/mods-enabled/tsgi.load') || fs.existsSync('/etc/apache2/mods-enabled/tsgi.conf')) run('a2dismod', ['-q', '-f', '-p', 'tsgi'], { env });
+      for (const p of INSTALLED) fs.rmSync(p, { recursive: true, force: true });
+      // a2enmod's state: per-module marks, and the dirs it created.
+      for (const d of fs.existsSync(STATE) ? fs.readdirSync(STATE) : []) {
+        fs.rmSync(join(STATE, d, 'tsgi'), { force: true });
+        if (!stateDirsBefore.includes(d) && fs.readdirSync(join(STATE, d)).length === 0) fs.rmdirSync(join(STATE, d));
+      }
+      // Never leave the system service running when it was not.
+      const started = systemApache().filter((p) => !serviceBefore.includes(p));
+      if (started.length > 0) run('apache2ctl', ['stop'], { env });
+      expect(started, 'the system Apache was started').toEqual([]);
+    }
+    for (const p of INSTALLED) expect(fs.existsSync(p)).toBe(false);
+    expect(fs.existsSync('/etc/apache2/mods-enabled/tsgi.load')).toBe(false);
+  }, 120_000);
 });
 
 describe('npm start', () => {

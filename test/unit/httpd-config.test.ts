@@ -5,7 +5,8 @@
 import { describe, it, expect } from 'vitest';
 import * as os from 'node:os';
 import { join } from 'node:path';
-import { defaultServerRoot, expressSettings, renderHttpdConf, serverUrl } from '../../src/cli/httpd-config';
+import { defaultServerRoot, expressSettings, renderApachectl, renderHttpdConf, serverUrl, shQuote } from '../../src/cli/httpd-config';
+import { parseOptions } from '../../src/cli/express';
 
 const BUILTINS = new Set(['log_config_module', 'unixd_module', 'so_module']);
 
@@ -57,5 +58,64 @@ describe('tsgi express httpd.conf', () => {
   it('User/Group only when asked (root defaults to www-data)', () => {
     expect(render()).not.toMatch(/^(User|Group) /m);
     expect(render({ user: 'www-data', group: 'www-data' })).toContain('User www-data\nGroup www-data\n');
+  });
+});
+
+describe('tsgi express options in httpd.conf', () => {
+  it('--mount-point, --setenv (quoted), --reload-on-changes, --request-timeout', () => {
+    const conf = render({ mountPoint: '/app', setenv: [['A', 'x "y" \\z'], ['B', '']], reloadOnChanges: true, timeouts: { request: 42 } as never });
+    expect(conf).toContain('TSGIScriptAlias /app "/srv/my app/hello.tsgi"');
+    expect(conf).toContain('SetEnv A "x \\"y\\" \\\\z"\nSetEnv B ""\n');
+    expect(conf).toContain('LoadModule env_module');
+    expect(conf).toMatch(/^TSGIScriptReloading On$/m);
+    expect(conf).toMatch(/^Timeout 42$/m);
+    expect(conf).toMatch(/^TSGIEventLoopTimeout 42$/m);
+    expect(render()).toMatch(/^TSGIScriptReloading Off$/m);
+    expect(render()).not.toMatch(/LoadModule (env|alias|status)_module/);
+  });
+
+  it('--url-alias, --server-status, --include-file', () => {
+    const conf = render({ urlAliases: [{ url: '/static', path: '/nonexistent/static dir' }], serverStatus: true, includeFiles: ['/etc/x.conf'] });
+    expect(conf).toContain('LoadModule alias_module');
+    expect(conf).toContain('Alias /static "/nonexistent/static dir"\n<Directory "/nonexistent/static dir">');
+    expect(conf).toContain('LoadModule status_module');
+    expect(conf).toContain('<Location /server-status>\n    SetHandler server-status\n    Require local\n</Location>');
+    expect(conf.trimEnd().endsWith('Include "/etc/x.conf"')).toBe(true);
+  });
+
+  it('logs: FIFOs for start-server; files, or the terminal under -DTSGI_LOG_TO_TERMINAL, for setup-server', () => {
+    expect(render()).toContain('CustomLog "/tmp/x root/access_log.fifo" tsgi_express');
+    const files = render({ logs: 'files', accessLog: false });
+    expect(files).toContain('<IfDefine !TSGI_LOG_TO_TERMINAL>\n    ErrorLog "/tmp/x root/error_log"\n</IfDefine>');
+    expect(files).not.toContain('CustomLog');
+    expect(render({ logs: 'files', accessLog: true })).toContain('    CustomLog "/tmp/x root/access_log" tsgi_express\n');
+  });
+
+  it('apachectl drives /usr/sbin/apache2 -d ROOT -f ROOT/httpd.conf', () => {
+    const s = expressSettings({ app: '/a.tsgi', modulePath: '/m.so', serverRoot: "/tmp/it's root", logs: 'files', logToTerminal: true });
+    const sh = renderApachectl(s);
+    expect(sh.startsWith('#!/bin/sh\n')).toBe(true);
+    expect(sh).toContain(`ROOT='/tmp/it'\\''s root'\n`);
+    expect(sh).toContain('exec "$HTTPD" -d "$ROOT" -f "$CONF" -k start');
+    expect(sh).toContain('LOG_TO_TERMINAL=1');
+    expect(shQuote("a'b")).toBe(`'a'\\''b'`);
+  });
+});
+
+describe('tsgi express option parsing', () => {
+  it('one- and two-value options, repeats, --name=value, strict errors', () => {
+    const r = parseOptions(['app.tsgi', '--port=81', '--setenv', 'A', '1', '--setenv', 'B', '', '--url-alias', '/s', 'dir', '--server-status']);
+    expect(r).not.toBeTypeOf('string');
+    if (typeof r === 'string') return;
+    expect(r.positionals).toEqual(['app.tsgi']);
+    expect(r.options.get('port')).toEqual([['81']]);
+    expect(r.options.get('setenv')).toEqual([['A', '1'], ['B', '']]);
+    expect(r.options.get('server-status')).toEqual([[]]);
+    expect(parseOptions(['--nope'])).toBe('unknown option --nope');
+    expect(parseOptions(['-x'])).toBe('unknown option -x');
+    expect(parseOptions(['--port'])).toBe('--port needs a value');
+    expect(parseOptions(['--setenv', 'A'])).toBe('--setenv needs 2 values (--setenv NAME VALUE)');
+    expect(parseOptions(['--setenv=A'])).toBe('--setenv takes 2 values: --setenv NAME VALUE');
+    expect(parseOptions(['--host', 'a', '--host', 'b'])).toBe('--host given more than once');
   });
 });

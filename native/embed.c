@@ -115,8 +115,8 @@ typedef struct tsgi_job {
 
     /* In: one malloc'd block, immutable once posted. */
     char *block;
-    const char **env; /* key, value, key, value ... */
-    int env_n;        /* number of pairs */
+    const char *env_json; /* the environ as one JSON object of strings (tsgi_make_job) */
+    size_t env_json_len;
     const char *script, *callable, *group, *scheme;
     int reloading;
     int has_body;
@@ -141,7 +141,14 @@ typedef struct tsgi_job {
     int gone;      /* the request thread has left */
     size_t out_queued; /* response bytes written by JS, not yet flushed */
     int out_blocked;   /* write() said false: DRAIN is owed */
+    int js_ended;      /* JS called end(): it wants no more events (its port is dropped) */
     char abort_why[256];
+
+    /* Node thread only: a wake-up of the request thread held back until the current
+     * callback into JS returns (tsgi_wake_locked), so that head, body and end of one
+     * response cost the request thread one wake-up, not three. */
+    int wake_owed;
+    struct tsgi_job *owed_next;
 
     /* Events: under rt.mu. The queue holds one reference. */
     unsigned ev;
@@ -196,6 +203,8 @@ static void tsgi_job_retain(tsgi_job_t *job)
     pthread_mutex_unlock(&job->mu);
 }
 
+static void tsgi_wake_locked(tsgi_job_t *job);
+
 /* Ends a job from the Node side (with job->mu held). */
 static void tsgi_job_finish_locked(tsgi_job_t *job, int state, const char *why)
 {
@@ -204,7 +213,7 @@ static void tsgi_job_finish_locked(tsgi_job_t *job, int state, const char *why)
     job->state = state;
     if (why && !job->failure)
         job->failure = strdup(why);
-    pthread_cond_signal(&job->cv);
+    tsgi_wake_locked(job);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -245,6 +254,8 @@ typedef struct tsgi_group {
     tsgi_job_t *live;                    /* dispatched, not finished; under mu */
     tsgi_job_t *evq_head, *evq_tail;     /* jobs with events for JS; under mu */
     tsgi_job_t *ported;                  /* jobs with a JS event function; Node thread only */
+    int defer_wakes;                     /* in tsgi_call_js: wake-ups wait for its end; Node thread only */
+    tsgi_job_t *owed;                    /* jobs owed a wake-up (with a reference); Node thread only */
 
     /* The watchdog: an unanswered ping and when it was sent, when it stopped the
      * Environment, whether TSGI0131 was logged. */
@@ -255,6 +266,64 @@ typedef struct tsgi_group {
 
 /* The group whose Node thread this is (Node threads only). */
 static __thread tsgi_group_t *tl_group;
+
+/*
+ * Wakes the request thread of a job (job->mu held): something for it to do. While the
+ * Node thread is inside a call into JS made by tsgi_call_js (a request's dispatch or one
+ * of its events, including the microtasks that run before the call returns), the wake-up
+ * is held back until that call returns: a response the app completes there (head, body
+ * and end, as the gateway does for an Array body) then reaches the request thread as one
+ * wake-up, which also finds the response complete and writes it without a flush per
+ * chunk. JS that runs from anywhere else (timers, I/O) wakes the request thread at once.
+ */
+static void tsgi_wake_locked(tsgi_job_t *job)
+{
+    tsgi_group_t *g = tl_group;
+    if (g && g == job->grp && g->defer_wakes) {
+        if (!job->wake_owed) {
+            job->wake_owed = 1;
+            job->refs++; /* the owed list's; job->mu is held */
+            job->owed_next = g->owed;
+            g->owed = job;
+        }
+        return;
+    }
+    pthread_cond_signal(&job->cv);
+}
+
+static void tsgi_job_release(tsgi_job_t *job);
+
+/* Node thread: the held-back wake-ups, after a call into JS returned. */
+static void tsgi_flush_wakes(tsgi_group_t *g)
+{
+    tsgi_job_t *job, *next;
+    job = g->owed;
+    g->owed = NULL;
+    for (; job; job = next) {
+        next = job->owed_next;
+        job->owed_next = NULL;
+        pthread_mutex_lock(&job->mu);
+        job->wake_owed = 0;
+        pthread_cond_signal(&job->cv);
+        pthread_mutex_unlock(&job->mu);
+        tsgi_job_release(job);
+    }
+}
+
+/* napi_make_callback with the request threads' wake-ups held back until it returns. */
+static napi_status tsgi_call_js(tsgi_group_t *g, napi_env env, napi_value recv, napi_value fn, size_t argc,
+                                const napi_value *argv, napi_value *result)
+{
+    napi_status st;
+    int outer = !g->defer_wakes;
+    g->defer_wakes = 1;
+    st = napi_make_callback(env, g->actx, recv, fn, argc, argv, result);
+    if (outer) {
+        g->defer_wakes = 0;
+        tsgi_flush_wakes(g);
+    }
+    return st;
+}
 
 static struct {
     pthread_mutex_t mu;
@@ -537,7 +606,7 @@ static napi_value tsgi_js_head(napi_env env, napi_callback_info info)
     job->reason = reason;
     job->headers = headers;
     job->header_n = (int)(n / 2);
-    pthread_cond_signal(&job->cv);
+    tsgi_wake_locked(job);
     pthread_mutex_unlock(&job->mu);
     return NULL;
 }
@@ -599,7 +668,7 @@ static napi_value tsgi_js_write(napi_env env, napi_callback_info info)
     more = job->out_queued < TSGI_HIGH_WATER;
     if (!more)
         job->out_blocked = 1;
-    pthread_cond_signal(&job->cv);
+    tsgi_wake_locked(job);
     pthread_mutex_unlock(&job->mu);
     if (!more)
         NAPI_OK(env, napi_get_boolean(env, false, &result));
@@ -624,11 +693,13 @@ static napi_value tsgi_js_read(napi_env env, napi_callback_info info)
     pthread_mutex_lock(&job->mu);
     if (job->has_body && job->state == JOB_RUNNING && !job->gone && job->in_state == IN_OPEN) {
         job->in_credit++;
-        pthread_cond_signal(&job->cv);
+        tsgi_wake_locked(job);
     }
     pthread_mutex_unlock(&job->mu);
     return NULL;
 }
+
+static void tsgi_port_drop(napi_env env, tsgi_job_t *job);
 
 /* end(h, ok[, why]): the response is complete (ok) or cannot be completed. */
 static napi_value tsgi_js_end(napi_env env, napi_callback_info info)
@@ -659,8 +730,11 @@ static napi_value tsgi_js_end(napi_env env, napi_callback_info info)
 
     pthread_mutex_lock(&job->mu);
     tsgi_job_finish_locked(job, ok ? JOB_DONE : JOB_FAILED, why ? why : "the application failed after its headers were sent");
+    job->js_ended = 1; /* the request thread need not post DONE: the port goes now */
     pthread_mutex_unlock(&job->mu);
     free(why);
+    if (job->grp == tl_group && job->grp->env == env)
+        tsgi_port_drop(env, job);
     if (was_live)
         tsgi_job_release(job);
     return NULL;
@@ -744,15 +818,17 @@ static napi_value tsgi_register_binding(napi_env env, napi_value exports)
     return exports;
 }
 
-/* Calls the JS handler for one job: handler(h, [k, v, ...], hasBody, script, callable,
- * group, reloading, scheme) -> the request's event function, kept until DONE. */
+/* Calls the JS handler for one job: handler(h, environJson, hasBody, script, callable,
+ * group, reloading, scheme) -> the request's event function, kept until DONE (or until
+ * JS calls end()). The environ is one JSON text (built by the request thread) that JS
+ * parses: one Node-API string instead of two per variable and a property store each. */
 static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
 {
     tsgi_group_t *g = job->grp;
-    napi_value argv[8], fn, global, result, ext, arr, v;
+    napi_value argv[8], fn, global, result, ext;
     napi_status st;
     bool pending = false;
-    int i;
+    int js_ended;
     const char *why = NULL;
 
     if (!g->handler) {
@@ -766,18 +842,10 @@ static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
         goto fail;
     }
     argv[0] = ext;
-    if (napi_create_array_with_length(env, (size_t)job->env_n * 2, &arr) != napi_ok) {
-        why = "napi_create_array_with_length failed";
+    if (napi_create_string_utf8(env, job->env_json, job->env_json_len, &argv[1]) != napi_ok) {
+        why = "building the environ failed";
         goto fail;
     }
-    for (i = 0; i < job->env_n * 2; i++) {
-        if (napi_create_string_utf8(env, job->env[i], NAPI_AUTO_LENGTH, &v) != napi_ok ||
-            napi_set_element(env, arr, (uint32_t)i, v) != napi_ok) {
-            why = "building the environ failed";
-            goto fail;
-        }
-    }
-    argv[1] = arr;
     if (napi_get_boolean(env, job->has_body, &argv[2]) != napi_ok) {
         why = "napi_get_boolean failed";
         goto fail;
@@ -793,7 +861,7 @@ static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
     }
     /* make_callback (not call_function): nextTicks and microtasks run after it. The
      * receiver must be an object (P1). */
-    st = napi_make_callback(env, g->actx, global, fn, 8, argv, &result);
+    st = tsgi_call_js(g, env, global, fn, 8, argv, &result);
     if (st != napi_ok && tsgi_stalled(g)) {
         /* TerminateExecution from the watchdog ended this call; the job has its 504. */
         if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
@@ -818,6 +886,11 @@ static void tsgi_dispatch(napi_env env, tsgi_job_t *job)
         why = "napi_make_callback failed";
         goto fail;
     }
+    pthread_mutex_lock(&job->mu);
+    js_ended = job->js_ended;
+    pthread_mutex_unlock(&job->mu);
+    if (js_ended) /* answered already (end() ran in the call): no events to hear */
+        return;
     {
         napi_valuetype type;
         if (napi_typeof(env, result, &type) != napi_ok || type != napi_function ||
@@ -892,7 +965,7 @@ static void tsgi_call_port(napi_env env, tsgi_job_t *job, int kind, const tsgi_c
             goto fail;
         argc = 2;
     }
-    if (napi_make_callback(env, g->actx, global, fn, argc, argv, &result) != napi_ok &&
+    if (tsgi_call_js(g, env, global, fn, argc, argv, &result) != napi_ok &&
         !(napi_is_exception_pending(env, &pending) == napi_ok && pending))
         goto fail;
     if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
@@ -1735,7 +1808,42 @@ static int tsgi_client_gone(conn_rec *c)
     return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
-/* Copies what the Node thread will read into one malloc'd block. */
+/* The length of `s` as the inside of a JSON string; with `out`, also writes it there.
+ * Bytes >= 0x80 pass as they are (the Node thread decodes the text as UTF-8, exactly as
+ * it would decode the plain value); '"', '\\' and control characters are escaped. */
+static size_t tsgi_json_escape(const char *s, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            if (out) {
+                out[n] = '\\';
+                out[n + 1] = (char)c;
+            }
+            n += 2;
+        }
+        else if (c < 0x20) {
+            if (out) {
+                memcpy(out + n, "\\u00", 4);
+                out[n + 4] = hex[c >> 4];
+                out[n + 5] = hex[c & 15];
+            }
+            n += 6;
+        }
+        else {
+            if (out)
+                out[n] = (char)c;
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Copies what the Node thread will read into one malloc'd block: the environ as a JSON
+ * object ({"NAME":"value",...}; a name given twice keeps its last value, as assigning
+ * them one by one did) and the fixed strings. */
 static tsgi_job_t *tsgi_make_job(const tsgi_embed_request_t *req)
 {
     const apr_array_header_t *arr = apr_table_elts(req->environ);
@@ -1746,10 +1854,11 @@ static tsgi_job_t *tsgi_make_job(const tsgi_embed_request_t *req)
     char *p;
     int i, n = 0;
 
+    size = 3; /* {} and its NUL */
     for (i = 0; i < arr->nelts; i++) {
         if (!ent[i].key || !ent[i].val)
             continue;
-        size += strlen(ent[i].key) + strlen(ent[i].val) + 2;
+        size += tsgi_json_escape(ent[i].key, NULL) + tsgi_json_escape(ent[i].val, NULL) + 6; /* "":"", */
         n++;
     }
     for (i = 0; i < 4; i++)
@@ -1757,14 +1866,31 @@ static tsgi_job_t *tsgi_make_job(const tsgi_embed_request_t *req)
     job = calloc(1, sizeof(*job));
     if (!job)
         return NULL;
-    job->block = malloc(size + sizeof(char *) * (size_t)n * 2 + sizeof(char *));
+    job->block = malloc(size);
     if (!job->block) {
         free(job);
         return NULL;
     }
-    job->env = (const char **)job->block;
-    p = job->block + sizeof(char *) * (size_t)n * 2 + sizeof(char *);
+    p = job->block;
     off = 0;
+    p[off++] = '{';
+    n = 0;
+    for (i = 0; i < arr->nelts; i++) {
+        if (!ent[i].key || !ent[i].val)
+            continue;
+        if (n++)
+            p[off++] = ',';
+        p[off++] = '"';
+        off += tsgi_json_escape(ent[i].key, p + off);
+        memcpy(p + off, "\":\"", 3);
+        off += 3;
+        off += tsgi_json_escape(ent[i].val, p + off);
+        p[off++] = '"';
+    }
+    p[off++] = '}';
+    job->env_json = p;
+    job->env_json_len = off;
+    p[off++] = '\0';
 #define TSGI_COPY(dst, src)                 \
     do {                                    \
         size_t l_ = strlen(src) + 1;        \
@@ -1772,15 +1898,6 @@ static tsgi_job_t *tsgi_make_job(const tsgi_embed_request_t *req)
         (dst) = p + off;                    \
         off += l_;                          \
     } while (0)
-    n = 0;
-    for (i = 0; i < arr->nelts; i++) {
-        if (!ent[i].key || !ent[i].val)
-            continue;
-        TSGI_COPY(job->env[n * 2], ent[i].key);
-        TSGI_COPY(job->env[n * 2 + 1], ent[i].val);
-        n++;
-    }
-    job->env_n = n;
     TSGI_COPY(job->script, fixed[0]);
     TSGI_COPY(job->callable, fixed[1]);
     TSGI_COPY(job->group, fixed[2]);
@@ -1842,7 +1959,7 @@ int tsgi_embed_handle(const tsgi_embed_request_t *req)
     conn_rec *c = r->connection;
     tsgi_job_t *job;
     apr_bucket_brigade *bb;
-    int rc, has_body, head_applied = 0, state = JOB_RUNNING, client_gone = 0, aborted_js = 0;
+    int rc, has_body, head_applied = 0, state = JOB_RUNNING, client_gone = 0, aborted_js = 0, js_ended;
     const char *leave_why = NULL;
     apr_interval_time_t timeout = r->server->timeout;
     apr_time_t last_event;
@@ -2000,8 +2117,12 @@ int tsgi_embed_handle(const tsgi_embed_request_t *req)
         apr_cpystrn(job->abort_why, leave_why ? leave_why : "the request ended", sizeof(job->abort_why));
         aborted_js = 1;
     }
+    js_ended = job->js_ended;
     pthread_mutex_unlock(&job->mu);
-    tsgi_post_event(r, job, aborted_js ? EV_ABORT | EV_DONE : EV_DONE);
+    /* After end() JS holds no event function for the job: nothing to tell it (the usual
+     * case, and one hand-off to the Node thread less per request). */
+    if (!js_ended || aborted_js)
+        tsgi_post_event(r, job, aborted_js ? EV_ABORT | EV_DONE : EV_DONE);
 
     if (client_gone) {
         c->keepalive = AP_CONN_CLOSE;

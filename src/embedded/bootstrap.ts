@@ -124,6 +124,31 @@ function refuseSignalListeners(): void {
   }
 }
 
+/**
+ * P14: in an Apache child process.execPath is /usr/sbin/apache2, so child_process.fork()
+ * would run Apache with the script as its argument. fork() without an explicit
+ * execPath is refused with a clear error; with one (say, a node binary) it works.
+ */
+function guardFork(): void {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const childProcess = require('node:child_process') as typeof import('node:child_process');
+  const original = childProcess.fork;
+  const guarded = function (this: unknown, modulePath: string | URL, ...rest: unknown[]) {
+    const options = [...rest].reverse().find((a) => a !== null && typeof a === 'object' && !Array.isArray(a)) as { execPath?: unknown } | undefined;
+    if (!options || typeof options.execPath !== 'string' || options.execPath === '') {
+      throw new Error(
+        `mod_tsgi: child_process.fork(${JSON.stringify(String(modulePath))}) is refused: in an Apache child process.execPath is ${process.execPath}, ` +
+          'so fork() would start Apache. Pass { execPath: "/usr/bin/node" } (a node binary) or use child_process.spawn("node", …)',
+      );
+    }
+    return (original as (...a: unknown[]) => unknown).call(this, modulePath, ...rest);
+  };
+  Object.defineProperty(childProcess, 'fork', { configurable: true, writable: true, value: guarded });
+  // So `import { fork } from 'node:child_process'` in ESM code sees the guarded one too.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  (require('node:module') as typeof import('node:module')).syncBuiltinESMExports();
+}
+
 /** P9/P10: log, and keep serving. */
 function guardProcess(log: ErrorLog): void {
   process.on('uncaughtException', (err, origin) => {
@@ -287,6 +312,7 @@ export function start(binding: Binding): void {
   redirectStdio(log);
   guardProcess(log);
   refuseSignalListeners();
+  guardFork();
 
   const server: ServerContext = { log, multithread: binding.multithread, multiprocess: binding.multiprocess, runOnce: false };
   const providers = new Providers(log);

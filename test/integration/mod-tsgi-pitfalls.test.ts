@@ -56,6 +56,21 @@ export function application(environ: any, startResponse: any) {
 const APPS: Record<string, string> = {
   'apps/info.tsgi': INFO_APP,
   // P6: child processes from the Node thread, sync and async; their exit is reaped.
+  'apps/fork.tsgi': `
+import { fork } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+export async function application(e: any, sr: any) {
+  let refused = '';
+  try { fork('/nonexistent.js'); } catch (err) { refused = (err as Error).message; }
+  const script = '/tmp/tsgi-p14-child-' + process.pid + '.js';
+  writeFileSync(script, "process.send({ pong: process.version }, () => process.exit(0));");
+  const child = fork(script, [], { execPath: '/usr/bin/node', stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
+  const reply = await new Promise((resolve) => child.on('message', resolve));
+  await new Promise((resolve) => child.on('exit', resolve));
+  sr('200 OK', [['Content-Type', 'application/json']]);
+  return [JSON.stringify({ refused, reply })];
+}
+`,
   'apps/spawn.tsgi': `
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 export async function application(environ: any, startResponse: any) {
@@ -511,9 +526,11 @@ describe('embedding pitfalls (embedding.md §6)', () => {
     expect(r['perRequestInProcessEnv']).toBe(null);
   });
 
-  // P14 is a bug today: process.execPath is /usr/sbin/apache2, so child_process.fork()
-  // re-runs Apache (usage text, exit 1). Not asserted; see docs/pitfalls.md.
-  it.todo('P14: child_process.fork() must not re-run apache2');
+  it('P14: fork() without an execPath is refused (it would run apache2); with a node execPath it works', async () => {
+    const r = await getJson('/apps/fork.tsgi');
+    expect(r['refused']).toMatch(/child_process\.fork\("\/nonexistent\.js"\) is refused: in an Apache child process\.execPath is \/usr\/sbin\/apache2/);
+    expect((r['reply'] as { pong: string }).pong).toMatch(/^v\d+\./);
+  });
 
   it('P19: Debian libnode’s externalized builtins load: undici (fetch), cjs-module-lexer, acorn', async () => {
     const r = await getJson('/apps/debian.tsgi');

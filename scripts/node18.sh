@@ -24,22 +24,10 @@ PREFIX="$ROOT/build/node18"
 DEBS="$PREFIX/debs"
 WRAPPER="$PREFIX/bin/node18"
 STAMP="$PREFIX/.complete"
-# The files libnode108 loads from / at start-up (strings libnode.so.108 | grep /usr/share/nodejs).
-BUILTINS=(
-  /usr/share/nodejs/acorn/dist/acorn.js
-  /usr/share/nodejs/acorn-walk/dist/walk.js
-  /usr/share/nodejs/cjs-module-lexer/lexer.js
-  /usr/share/nodejs/cjs-module-lexer/dist/lexer.js
-  /usr/share/nodejs/undici/undici-fetch.js
-)
-
 say() { printf 'node18.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
-
-builtins_present() {
-  local f
-  for f in "${BUILTINS[@]}"; do [[ -f "$f" ]] || return 1; done
-}
+# shellcheck source=lib/debian-libnode.sh
+source "$ROOT/scripts/lib/debian-libnode.sh"
 
 # Fast path: everything was done before and is still there.
 if [[ -f "$STAMP" && -x "$WRAPPER" ]] && builtins_present; then
@@ -48,8 +36,6 @@ if [[ -f "$STAMP" && -x "$WRAPPER" ]] && builtins_present; then
 fi
 
 command -v apt-get >/dev/null && command -v dpkg >/dev/null || die "needs a Debian system (apt-get, dpkg)"
-IS_ROOT=0
-[[ "$(id -u)" == 0 ]] && IS_ROOT=1
 
 mkdir -p "$PREFIX" "$DEBS"
 exec 9>"$PREFIX/.lock"
@@ -59,54 +45,10 @@ if [[ -f "$STAMP" && -x "$WRAPPER" ]] && builtins_present; then
   exit 0
 fi
 
-APT_UPDATED=0
-apt_update() {
-  [[ $APT_UPDATED == 1 ]] && return 0
-  [[ $IS_ROOT == 1 ]] || die "apt-get update is needed to download Debian's nodejs 18, and that needs root; run: sudo $0"
-  say "apt-get update"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
-  APT_UPDATED=1
-}
-
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
-
-# Downloads packages (name or name=version) into $DEBS unless a .deb for them is there.
-download() {
-  local want=() spec name ver
-  for spec in "$@"; do
-    name="${spec%%=*}"
-    ver=""
-    [[ "$spec" == *=* ]] && ver="${spec#*=}"
-    # .deb names carry the version with ':' (epoch) written as %3a.
-    if compgen -G "$DEBS/${name}_${ver//:/%3a}*.deb" >/dev/null; then continue; fi
-    want+=("$spec")
-  done
-  [[ ${#want[@]} == 0 ]] && return 0
-  say "apt-get download ${want[*]}"
-  # The sandbox user (_apt) may not be able to write into the repo; download as ourselves.
-  if ! (cd "$DEBS" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "${want[@]}" >&2); then
-    apt_update
-    (cd "$DEBS" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "${want[@]}" >&2) || die "apt-get download ${want[*]} failed"
-  fi
-}
-
-deb() {
-  local f
-  f=$(compgen -G "$DEBS/${1}_*.deb" | sort | tail -n 1) || true
-  [[ -n "$f" ]] || die "no .deb for $1 in $DEBS"
-  echo "$f"
-}
-
 # 1. nodejs 18 and its libnode108, same version. `apt-get download nodejs` alone would pick
 #    the installed (NodeSource, 20.x) version, which no repository has.
-VERSION=$(candidate libnode108)
-if [[ -z "$VERSION" || "$VERSION" == "(none)" ]]; then
-  apt_update
-  VERSION=$(candidate libnode108)
-fi
-[[ -n "$VERSION" && "$VERSION" != "(none)" ]] || die "no libnode108 package in the apt sources (this needs Debian bookworm's main archive)"
-[[ "$VERSION" == 18.* ]] || die "libnode108 candidate is $VERSION, expected 18.x"
-download "nodejs=$VERSION" "libnode108=$VERSION" node-acorn node-cjs-module-lexer node-undici
+VERSION=$(libnode_version)
+download "nodejs=$VERSION" "libnode108=$VERSION" "${LIBNODE_BUILTIN_PACKAGES[@]}"
 
 # 2. The private prefix.
 if [[ ! -x "$PREFIX/usr/bin/node" ]] || ! compgen -G "$PREFIX/usr/lib/*/libnode.so.108" >/dev/null; then
@@ -119,14 +61,7 @@ LIBNODE=$(compgen -G "$PREFIX/usr/lib/*/libnode.so.108" | head -n 1) || true
 LIBDIR=$(dirname "$LIBNODE")
 
 # 3. The externalized builtins, where libnode looks for them.
-if ! builtins_present; then
-  [[ $IS_ROOT == 1 ]] || die "libnode108 needs node-acorn, node-cjs-module-lexer and node-undici extracted into /usr/share/nodejs, which needs root; run: sudo $0"
-  for p in node-acorn node-cjs-module-lexer node-undici; do
-    say "dpkg -x $p -> /"
-    dpkg -x "$(deb "$p")" /
-  done
-  builtins_present || die "builtins still missing after extracting node-acorn, node-cjs-module-lexer, node-undici"
-fi
+extract_builtins
 
 # 4. Shared libraries the system lacks go into the private prefix too.
 lib_package() {

@@ -33,16 +33,10 @@ APT_PACKAGES=(
   # libnode108's own dependencies (its Depends: line, less the node-* ones of step 3)
   libc-ares2 libbrotli1 libicu72 libnghttp2-14 libssl3 zlib1g libuv1
 )
-BUILTINS=(
-  /usr/share/nodejs/acorn/dist/acorn.js
-  /usr/share/nodejs/acorn-walk/dist/walk.js
-  /usr/share/nodejs/cjs-module-lexer/lexer.js
-  /usr/share/nodejs/cjs-module-lexer/dist/lexer.js
-  /usr/share/nodejs/undici/undici-fetch.js
-)
-
 say() { printf 'setup-native: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+# shellcheck source=lib/debian-libnode.sh
+source "$ROOT/scripts/lib/debian-libnode.sh"
 
 missing_packages() {
   local p status
@@ -50,10 +44,6 @@ missing_packages() {
     status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
     [[ "$status" == ii* ]] || echo "$p"
   done
-}
-builtins_present() {
-  local f
-  for f in "${BUILTINS[@]}"; do [[ -f "$f" ]] || return 1; done
 }
 libnode_lib() { compgen -G "$PREFIX/usr/lib/*/libnode.so.108" | head -n 1 || true; }
 prefix_complete() {
@@ -73,13 +63,6 @@ flock 9 # one setup at a time; a concurrent run waits, then finds the work done
 if all_done; then exit 0; fi
 
 export DEBIAN_FRONTEND=noninteractive
-APT_UPDATED=0
-apt_update() {
-  [[ $APT_UPDATED == 1 ]] && return 0
-  say "apt-get update"
-  apt-get update -qq >&2 || die "apt-get update failed"
-  APT_UPDATED=1
-}
 
 # 1. Debian packages.
 mapfile -t MISSING < <(missing_packages)
@@ -99,41 +82,9 @@ if [[ ${#MISSING[@]} -gt 0 ]]; then
 fi
 
 # 2. libnode108 + libnode-dev, one version, into the private prefix.
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
-VERSION=$(candidate libnode108)
-if [[ -z "$VERSION" || "$VERSION" == "(none)" ]]; then
-  apt_update
-  VERSION=$(candidate libnode108)
-fi
-[[ -n "$VERSION" && "$VERSION" != "(none)" ]] || die "no libnode108 in the apt sources (needs Debian bookworm main)"
-[[ "$VERSION" == 18.* ]] || die "libnode108 candidate is $VERSION, expected 18.x"
+VERSION=$(libnode_version)
 
-# Downloads packages (name or name=version) into $DEBS unless their .deb is already there.
-download() {
-  local want=() spec name ver
-  for spec in "$@"; do
-    name="${spec%%=*}"
-    ver=""
-    [[ "$spec" == *=* ]] && ver="${spec#*=}"
-    if compgen -G "$DEBS/${name}_${ver//:/%3a}*.deb" >/dev/null; then continue; fi
-    want+=("$spec")
-  done
-  [[ ${#want[@]} == 0 ]] && return 0
-  say "apt-get download ${want[*]}"
-  # _apt (the download sandbox user) may not be able to write here: download as ourselves.
-  if ! (cd "$DEBS" && apt-get download -qq -o APT::Sandbox::User="$(id -un)" "${want[@]}" >&2); then
-    apt_update
-    (cd "$DEBS" && apt-get download -qq -o APT::Sandbox::User="$(id -un)" "${want[@]}" >&2) || die "apt-get download ${want[*]} failed"
-  fi
-}
-deb() {
-  local f
-  f=$(compgen -G "$DEBS/${1}_*.deb" | sort | tail -n 1) || true
-  [[ -n "$f" ]] || die "no .deb for $1 in $DEBS"
-  echo "$f"
-}
-
-download "libnode108=$VERSION" "libnode-dev=$VERSION" node-acorn node-cjs-module-lexer node-undici
+download "libnode108=$VERSION" "libnode-dev=$VERSION" "${LIBNODE_BUILTIN_PACKAGES[@]}"
 
 if ! prefix_complete || [[ "$(cat "$STAMP" 2>/dev/null)" != "$VERSION" ]]; then
   rm -rf "$PREFIX/usr"
@@ -149,13 +100,7 @@ NOTFOUND=$(ldd "$LIBNODE" | awk '/not found/ { print $1 }')
 [[ -z "$NOTFOUND" ]] || die "libnode.so.108 needs libraries this system lacks: $NOTFOUND"
 
 # 3. The externalized builtins, where libnode looks for them.
-if ! builtins_present; then
-  for p in node-acorn node-cjs-module-lexer node-undici; do
-    say "dpkg -x $p -> /"
-    dpkg -x "$(deb "$p")" /
-  done
-  builtins_present || die "builtins still missing after extracting node-acorn, node-cjs-module-lexer, node-undici"
-fi
+extract_builtins
 
 echo "$VERSION" >"$STAMP"
 say "ready: $LIBNODE (libnode $VERSION), headers in $PREFIX/usr/include/node"

@@ -453,6 +453,18 @@ static void tsgi_fail_waiting_locked(tsgi_group_t *g, int status, const char *wh
     g->live = NULL;
 }
 
+/* Appends a job to its group's event queue (the jobs with events for JS). The caller
+ * holds rt.mu. */
+static void tsgi_evq_push(tsgi_group_t *g, tsgi_job_t *job)
+{
+    job->ev_next = NULL;
+    if (g->evq_tail)
+        g->evq_tail->ev_next = job;
+    else
+        g->evq_head = job;
+    g->evq_tail = job;
+}
+
 /* Request thread: tells JS about `bits` (EV_*) of a job. Dropped when the job's
  * Environment has ended (its JS is gone with it). */
 static void tsgi_post_event(request_rec *r, tsgi_job_t *job, unsigned bits)
@@ -465,12 +477,7 @@ static void tsgi_post_event(request_rec *r, tsgi_job_t *job, unsigned bits)
         if (!job->in_evq) {
             job->in_evq = 1;
             tsgi_job_retain(job);
-            job->ev_next = NULL;
-            if (g->evq_tail)
-                g->evq_tail->ev_next = job;
-            else
-                g->evq_head = job;
-            g->evq_tail = job;
+            tsgi_evq_push(g, job);
         }
         rc = uv_async_send(&g->async);
     }
@@ -1059,11 +1066,7 @@ static void tsgi_drain_events(tsgi_group_t *g, napi_env env)
         pthread_mutex_lock(&rt.mu);
         if (job->ev && g->async_live) {
             requeued = 1;
-            if (g->evq_tail)
-                g->evq_tail->ev_next = job;
-            else
-                g->evq_head = job;
-            g->evq_tail = job;
+            tsgi_evq_push(g, job);
             if (uv_async_send(&g->async) != 0)
                 ap_log_error(APLOG_MARK, APLOG_ERR, 0, rt.server, "TSGI0105: uv_async_send failed");
         }

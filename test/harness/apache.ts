@@ -6,7 +6,7 @@
 import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { canConnect, freePort } from './ports';
+import { canConnect, freePort, StartupError, startOnFreePort } from './ports';
 import {
   ManagedProcess,
   delay,
@@ -250,25 +250,8 @@ export async function configtest(opts: ApacheOptions = {}): Promise<ConfigtestRe
   }
 }
 
-class StartupError extends Error {
-  constructor(
-    message: string,
-    readonly addressInUse: boolean,
-  ) {
-    super(message);
-  }
-}
-
-/** Starts a private Apache and resolves once it accepts connections and has written its pid file. */
 export async function startApache(opts: ApacheOptions = {}): Promise<ApacheInstance> {
-  const attempts = opts.port === undefined ? 4 : 1;
-  for (let i = 1; ; i++) {
-    try {
-      return await startOnce(opts, opts.port ?? (await freePort()));
-    } catch (e) {
-      if (!(e instanceof StartupError && e.addressInUse && i < attempts)) throw e;
-    }
-  }
+  return startOnFreePort(opts.port, (port) => startOnce(opts, port));
 }
 
 async function startOnce(opts: ApacheOptions, port: number): Promise<ApacheInstance> {

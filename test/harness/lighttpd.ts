@@ -5,7 +5,7 @@
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { canConnect, freePort } from './ports';
+import { canConnect, freePort, StartupError, startOnFreePort } from './ports';
 import {
   ManagedProcess,
   delay,
@@ -188,24 +188,8 @@ export async function lighttpdConfigtest(opts: LighttpdOptions = {}): Promise<Li
   }
 }
 
-class StartupError extends Error {
-  constructor(
-    message: string,
-    readonly addressInUse: boolean,
-  ) {
-    super(message);
-  }
-}
-
 export async function startLighttpd(opts: LighttpdOptions = {}): Promise<LighttpdInstance> {
-  const attempts = opts.port === undefined ? 4 : 1;
-  for (let i = 1; ; i++) {
-    try {
-      return await startOnce(opts, opts.port ?? (await freePort()));
-    } catch (e) {
-      if (!(e instanceof StartupError && e.addressInUse && i < attempts)) throw e;
-    }
-  }
+  return startOnFreePort(opts.port, (port) => startOnce(opts, port));
 }
 
 async function startOnce(opts: LighttpdOptions, port: number): Promise<LighttpdInstance> {

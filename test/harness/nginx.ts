@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { canConnect, freePort } from './ports';
+import { canConnect, freePort, StartupError, startOnFreePort } from './ports';
 import {
   ManagedProcess,
   delay,
@@ -140,24 +140,8 @@ function generate(root: string, port: number, opts: NginxOptions): Generated {
   return { root, confPath, documentRoot, errorLogPath, accessLogPath, pidPath };
 }
 
-class StartupError extends Error {
-  constructor(
-    message: string,
-    readonly addressInUse: boolean,
-  ) {
-    super(message);
-  }
-}
-
 export async function startNginx(opts: NginxOptions = {}): Promise<NginxInstance> {
-  const attempts = opts.port === undefined ? 4 : 1;
-  for (let i = 1; ; i++) {
-    try {
-      return await startOnce(opts, opts.port ?? (await freePort()));
-    } catch (e) {
-      if (!(e instanceof StartupError && e.addressInUse && i < attempts)) throw e;
-    }
-  }
+  return startOnFreePort(opts.port, (port) => startOnce(opts, port));
 }
 
 async function startOnce(opts: NginxOptions, port: number): Promise<NginxInstance> {

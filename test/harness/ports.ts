@@ -35,3 +35,28 @@ export function canConnect(port: number, host = '127.0.0.1', timeoutMs = 1000): 
     sock.once('error', () => done(false));
   });
 }
+
+/** A server failed to start; `addressInUse` when another process took its port first. */
+export class StartupError extends Error {
+  constructor(
+    message: string,
+    readonly addressInUse: boolean,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Starts a server on a free port, picking another one (up to 4 tries) when a process
+ * takes the port between freePort() and the server's bind. A fixed port is tried once.
+ */
+export async function startOnFreePort<T>(fixedPort: number | undefined, start: (port: number) => Promise<T>): Promise<T> {
+  const attempts = fixedPort === undefined ? 4 : 1;
+  for (let i = 1; ; i++) {
+    try {
+      return await start(fixedPort ?? (await freePort()));
+    } catch (e) {
+      if (!(e instanceof StartupError && e.addressInUse && i < attempts)) throw e;
+    }
+  }
+}

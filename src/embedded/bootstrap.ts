@@ -21,14 +21,13 @@
  * fires the request's AbortSignal, which the gateway turns into a client-gone outcome;
  * a body read that fails rejects, and is never an end of body (P17).
  */
-import { Console } from 'node:console';
 import { constants as osConstants } from 'node:os';
-import { Writable } from 'node:stream';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { ScriptLoader } from '../loader';
 import { BodyReadError, RequestAborted } from '../gateway/errors';
-import { runRequest, type AppProvider, type ResponseSink, type ServerContext } from '../gateway/run';
+import { redirectStdio } from '../gateway/apache-log';
+import { Providers } from '../gateway/providers';
+import { runRequest, type ResponseSink, type ServerContext } from '../gateway/run';
 import type { ErrorLog, LogLevel } from '../gateway/log';
 
 /** process._linkedBinding('tsgi'), implemented in native/embed.c. */
@@ -73,37 +72,6 @@ export function apacheLog(binding: Binding): ErrorLog {
       binding.log(APLOG[level], message);
     },
   };
-}
-
-/** A stream whose lines become error-log entries at `level`. */
-function logStream(log: ErrorLog, level: LogLevel, label: string): Writable {
-  let pending = '';
-  return new Writable({
-    decodeStrings: false,
-    write(chunk: Buffer | string, _enc, cb) {
-      pending += typeof chunk === 'string' ? chunk : chunk.toString('utf8');
-      let nl: number;
-      while ((nl = pending.indexOf('\n')) >= 0) {
-        log.log(level, `${label}: ${pending.slice(0, nl)}`);
-        pending = pending.slice(nl + 1);
-      }
-      cb();
-    },
-    final(cb) {
-      if (pending) log.log(level, `${label}: ${pending}`);
-      pending = '';
-      cb();
-    },
-  });
-}
-
-/** P11: stdio and console to the error log. */
-function redirectStdio(log: ErrorLog): void {
-  const out = logStream(log, 'info', 'stdout');
-  const err = logStream(log, 'error', 'stderr');
-  Object.defineProperty(process, 'stdout', { configurable: true, enumerable: true, get: () => out });
-  Object.defineProperty(process, 'stderr', { configurable: true, enumerable: true, get: () => err });
-  Object.defineProperty(globalThis, 'console', { configurable: true, writable: true, value: new Console({ stdout: out, stderr: err }) });
 }
 
 /** P5: JS must not install process-wide signal handlers in an Apache child. */
@@ -157,32 +125,6 @@ function guardProcess(log: ErrorLog): void {
   process.on('unhandledRejection', (reason) => {
     log.log('error', `unhandled promise rejection: ${(reason as Error)?.stack ?? String(reason)}`);
   });
-}
-
-/** The providers of this environment, one per (application group, script, callable, reload). */
-class Providers {
-  private readonly byKey = new Map<string, AppProvider>();
-  constructor(private readonly log: ErrorLog) {}
-
-  get(group: string, script: string, callable: string, reload: boolean): AppProvider {
-    const key = `${group}\0${script}\0${callable}\0${reload ? 1 : 0}`;
-    let p = this.byKey.get(key);
-    if (!p) {
-      try {
-        p = new ScriptLoader(script, { callable, reload, log: this.log });
-      } catch (err) {
-        const e = err as Error;
-        p = {
-          label: script,
-          resolve: () => {
-            throw e;
-          },
-        };
-      }
-      this.byKey.set(key, p);
-    }
-    return p;
-  }
 }
 
 function flatHeaders(headers: readonly (readonly [string, string])[]): string[] {
@@ -315,7 +257,7 @@ export function start(binding: Binding): void {
   guardFork();
 
   const server: ServerContext = { log, multithread: binding.multithread, multiprocess: binding.multiprocess, runOnce: false };
-  const providers = new Providers(log);
+  const providers = new Providers({ log });
   const moved = transferGc();
 
   binding.setHandler((h, environJson, hasBody, script, callable, group, reload, urlScheme) => {

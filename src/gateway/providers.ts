@@ -1,0 +1,70 @@
+/**
+ * The applications of one process that serves many scripts: embedded mod_tsgi (one per
+ * Node environment) and the Apache daemon-mode workers, which run whatever script the
+ * request names. One provider (a ScriptLoader) per (application group, script, callable,
+ * reload), made on first use.
+ */
+import { ScriptLoader } from '../loader';
+import type { Application } from '../tsgi';
+import type { ErrorLog } from './log';
+import type { AppProvider } from './run';
+
+export interface ProvidersOptions {
+  log: ErrorLog;
+  /**
+   * Called after a request's resolve() found the script changed on disk and loaded it
+   * afresh (that request runs the new code). Daemon mode recycles the pool on it, so the
+   * other workers stop serving the old code.
+   */
+  onReload?: (script: string) => void;
+}
+
+export class Providers {
+  private readonly byKey = new Map<string, AppProvider>();
+  private readonly log: ErrorLog;
+  private readonly onReload: ((script: string) => void) | undefined;
+
+  constructor(options: ProvidersOptions) {
+    this.log = options.log;
+    this.onReload = options.onReload;
+  }
+
+  get(group: string, script: string, callable: string, reload: boolean): AppProvider {
+    const key = `${group}\0${script}\0${callable}\0${reload ? 1 : 0}`;
+    let p = this.byKey.get(key);
+    if (!p) {
+      p = this.make(script, callable, reload);
+      this.byKey.set(key, p);
+    }
+    return p;
+  }
+
+  private make(script: string, callable: string, reload: boolean): AppProvider {
+    let loader: ScriptLoader;
+    try {
+      loader = new ScriptLoader(script, { callable, reload, log: this.log });
+    } catch (err) {
+      const e = err as Error;
+      return {
+        label: script,
+        resolve: () => {
+          throw e;
+        },
+      };
+    }
+    const onReload = this.onReload;
+    if (!onReload || !reload) return loader;
+    // The loader swaps the application object exactly when it reloaded successfully.
+    let last: Application | null = null;
+    return {
+      label: loader.label,
+      resolve: () => {
+        const app = loader.resolve();
+        const reloaded = last !== null && app !== last;
+        last = app;
+        if (reloaded) onReload(loader.path);
+        return app;
+      },
+    };
+  }
+}

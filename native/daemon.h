@@ -59,6 +59,10 @@ typedef struct tsgi_daemon_group {
     apr_array_header_t *node_options; /* of const char *: extra node argv before the script */
     apr_table_t *env;         /* env=NAME=VALUE and env-file= entries, in order */
     const char *lang;         /* lang=: LANG and LC_ALL of the daemons */
+    /* Scripts routed to this group by TSGIScriptAlias ... process-group= (file targets)
+     * or a server-level TSGIProcessGroup: the launch config's "preload". Filled by
+     * mod_tsgi.c's post_config before tsgi_daemon_post_config runs; of const char *. */
+    apr_array_header_t *preload;
 
     /* ---- filled in by tsgi_daemon_post_config in the parent ------------------------ */
     const char *socket_path;

@@ -1,7 +1,7 @@
 /**
  * `tsgi express`: a .tsgi file to a running Apache in one command, after
- * mod_wsgi-express (reference/mod_wsgi.md §6). Embedded mode only (daemon mode in
- * Apache does not exist yet).
+ * mod_wsgi-express (reference/mod_wsgi.md §6), in embedded mode (the default) or
+ * daemon mode (a TSGIDaemonProcess group the Apache parent starts and supervises).
  *
  *   tsgi express start-server APP.tsgi [options]   foreground, logs on the terminal
  *   tsgi express setup-server APP.tsgi [options]   the same server root + ROOT/apachectl
@@ -19,11 +19,17 @@ import * as path from 'node:path';
 import {
   APACHE_BIN,
   DEFAULT_TIMEOUTS,
+  MAX_SOCKET_PREFIX,
+  apachePool,
   connectHost,
+  daemonEnvMarker,
+  defaultServerRoot,
   expressSettings,
+  processGroupName,
   isRoot,
   serverRootFiles,
   serverUrl,
+  shQuote,
   writeServerRoot,
   type ExpressSettings,
 } from './httpd-config';
@@ -50,28 +56,33 @@ install-module
 options of start-server and setup-server:
   --port N             port to listen on (default 8000)
   --host H             address to listen on (default 127.0.0.1)
-  --mode embedded      embedded (the default: the app runs inside the Apache children);
-                       daemon mode is not available yet
-  --processes N        Apache child processes (default 1)
-  --threads N          threads per child (default 5)
-  --user U, --group G  (root only) the user and group of Apache's children
-                       (default www-data when root)
+  --mode M             embedded (the default): the app runs inside the Apache
+                       children; daemon: in a TSGIDaemonProcess group of Node
+                       processes that Apache starts and supervises, its children
+                       only forwarding requests (TSGIRestrictEmbedded On)
+  --processes N        processes running the app (default 1): Apache children in
+                       embedded mode, daemon processes in daemon mode
+  --threads N          requests each of them runs at once (default 5)
+  --user U, --group G  (root only) the user and group of Apache's children, and of
+                       the daemon processes (default www-data when root)
   --mount-point /PATH  URL path of the app (default /)
   --url-alias URL PATH static files: PATH (a directory or a file) at URL; repeatable
   --reload-on-changes  reload APP.tsgi when it changes (TSGIScriptReloading On;
                        default Off)
   --setenv NAME VALUE  a variable in every request's environ (SetEnv); repeatable
-  --request-timeout S  Apache's Timeout, and TSGIEventLoopTimeout: a Node event loop
-                       blocked this long answers 504 (default 60)
-  --server-status      mod_status at /server-status, for clients on this machine
+  --request-timeout S  Apache's Timeout, and a request running this long answers
+                       504: TSGIEventLoopTimeout (embedded), request-timeout= of the
+                       daemon group (daemon) (default 60)
+  --server-status      mod_status at /server-status, and in daemon mode the group's
+                       processes at /tsgi-status, for clients on this machine
   --include-file FILE  Include FILE (raw Apache directives) at the end; repeatable
   --access-log         log requests (start-server always does, on stdout;
                        setup-server into ROOT/access_log)
   --log-to-terminal    start-server always logs to the terminal; setup-server: when
                        \`apachectl start\` runs on a terminal, in the foreground with
                        the logs on it
-  --server-root DIR    where httpd.conf, the pid file and runtime files go
-                       (default <tmpdir>/tsgi-express-<port>-<uid>)
+  --server-root DIR    where httpd.conf, the pid file and runtime files go, daemon
+                       sockets included (default <tmpdir>/tsgi-express-<port>-<uid>)
   --log-level L        Apache LogLevel (default info; e.g. warn, debug, "warn tsgi:debug")
 `;
 
@@ -205,10 +216,7 @@ export function parseServerOptions(args: string[], command: 'start-server' | 'se
   const flag = (name: string): boolean => raw.options.has(name);
   if (flag('help')) return 'help';
   const mode = one('mode') ?? 'embedded';
-  if (mode === 'daemon') {
-    return '--mode daemon is not available yet: daemon mode comes in a later release. Use --mode embedded (the default).';
-  }
-  if (mode !== 'embedded') return `--mode must be embedded or daemon, got ${JSON.stringify(mode)}`;
+  if (mode !== 'embedded' && mode !== 'daemon') return `--mode must be embedded or daemon, got ${JSON.stringify(mode)}`;
   if (raw.positionals.length !== 1) return 'expected exactly one APP.tsgi argument';
   const portText = one('port') ?? '8000';
   const port = Number(portText);
@@ -283,15 +291,22 @@ export function parseServerOptions(args: string[], command: 'start-server' | 'se
     return `${app}: no such file`;
   }
   if (!st.isFile()) return `${app}: not a file`;
-  const serverRoot = one('server-root');
+  const serverRootText = one('server-root');
+  const serverRoot = serverRootText === undefined ? undefined : path.resolve(serverRootText);
+  if (mode === 'daemon') {
+    const prefix = serverRootFiles(serverRoot ?? defaultServerRoot(port)).socketPrefix;
+    if (Buffer.byteLength(prefix) > MAX_SOCKET_PREFIX) {
+      return `--mode daemon: the daemon sockets would be ${prefix}.<pid>.<n>.sock, longer than a Unix socket path may be (${MAX_SOCKET_PREFIX} bytes for the prefix); use a shorter --server-root`;
+    }
+  }
   return expressSettings({
     app,
     port,
     host,
-    mode: 'embedded',
+    mode,
     logLevel,
     modulePath: modulePath(),
-    serverRoot: serverRoot === undefined ? undefined : path.resolve(serverRoot),
+    serverRoot,
     processes,
     threads,
     timeouts: { ...DEFAULT_TIMEOUTS, request: requestTimeout },
@@ -306,6 +321,10 @@ export function parseServerOptions(args: string[], command: 'start-server' | 'se
     includeFiles,
     serverStatus: flag('server-status'),
     setenv,
+    node: process.execPath,
+    // Only what was asked: otherwise the daemons run as Apache's User (the same account).
+    daemonUser: one('user') !== undefined ? user! : null,
+    daemonGroup: one('group') !== undefined ? group! : null,
   });
 }
 
@@ -334,11 +353,14 @@ async function setupServer(args: string[]): Promise<number> {
   } catch (err) {
     return fail((err as Error).message, 1);
   }
+  const daemon = settings.mode === 'daemon';
   process.stdout.write(
     `tsgi express: server root ${settings.serverRoot} is ready for ${settings.app}\n` +
       `  config:   ${files.conf}\n` +
       `  control:  ${files.apachectl} start|stop|restart|graceful|configtest\n` +
       `  URL:      ${serverUrl(settings)}${settings.mountPoint === '/' ? '' : settings.mountPoint.slice(1)}\n` +
+      `  mode:     ${settings.mode}${daemon ? ` (process group ${processGroupName(settings.app)}, ${settings.processes} x ${settings.threads} threads)` : ''}\n` +
+      (daemon ? `  status:   npx tsgi status --socket-prefix ${shellWord(files.socketPrefix)}\n` : '') +
       `  logs:     ${files.errorLogFile}${settings.accessLog ? `, ${files.accessLogFile}` : ''}` +
       `${settings.logToTerminal ? ' (on the terminal when apachectl start runs on one)' : ''}\n`,
   );
@@ -358,27 +380,60 @@ function othersCanRead(file: string): boolean {
   }
 }
 
-function banner(s: ExpressSettings, httpd: ForegroundHttpd, conf: string): string {
+/** The rows of the banner that say how the app runs (shared by start-server and setup-server). */
+function modeRows(s: ExpressSettings, row: (k: string, v: string) => string): string {
   const t = s.timeouts;
+  const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 'es'}`;
+  if (s.mode === 'embedded') {
+    return (
+      row('Mode', `${s.mode} (a Node runtime inside each Apache child), event MPM`) +
+      row('Capacity', `${plural(s.processes, 'process')} x ${s.threads} threads (MaxRequestWorkers ${s.processes * s.threads})`) +
+      row('Timeouts', `request ${t.request} s, keep-alive ${t.keepAlive} s, request headers ${t.header}-${t.headerMax} s, body ${t.body} s, graceful stop ${t.graceful} s`)
+    );
+  }
+  const front = apachePool(s);
+  const prefix = serverRootFiles(s.serverRoot).socketPrefix;
+  return (
+    row('Mode', `daemon (process group ${processGroupName(s.app)}: Node processes started and supervised by Apache; no Node inside Apache's children)`) +
+    row('Capacity', `${plural(s.processes, 'process')} x ${s.threads} threads (${s.processes * s.threads} requests at once); Apache in front: ${plural(front.processes, 'process')} x ${front.threads} threads, event MPM`) +
+    row('Timeouts', `request ${t.request} s, queue ${t.queue} s, daemon start-up ${t.startup} s, keep-alive ${t.keepAlive} s, request headers ${t.header}-${t.headerMax} s, body ${t.body} s, graceful stop ${t.graceful} s`) +
+    row('Daemon', `${s.node}${s.daemonUser ? `, runs as ${s.daemonUser}` : s.user ? `, runs as ${s.user}` : ''}`) +
+    row('Sockets', `${prefix}.<pid>.<n>.sock (TSGISocketPrefix)`) +
+    row('Pool status', `npx tsgi status --socket-prefix ${shellWord(prefix)}`)
+  );
+}
+
+/** A word for a shell command line, quoted only when it needs it. */
+function shellWord(w: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(w) ? w : shQuote(w);
+}
+
+function banner(s: ExpressSettings, httpd: ForegroundHttpd, conf: string): string {
   const row = (k: string, v: string) => `  ${(k + ':').padEnd(13)}${v}\n`;
   return (
     `tsgi express: serving ${s.app}\n` +
     row('URL', serverUrl(s) + (s.mountPoint === '/' ? '' : s.mountPoint.slice(1))) +
     s.urlAliases.map((a) => row('Static', `${serverUrl(s).slice(0, -1)}${a.url} -> ${a.path}`)).join('') +
     (s.serverStatus ? row('Status', `${serverUrl(s)}server-status (local clients)`) : '') +
-    row('Reloading', s.reloadOnChanges ? 'on: edits to the app are picked up on the next request' : 'off (--reload-on-changes to pick up edits)') +
+    (s.serverStatus && s.mode === 'daemon' ? row('Status', `${serverUrl(s)}tsgi-status (the daemon group; local clients)`) : '') +
+    row('Reloading', reloadingText(s)) +
     (s.setenv.length > 0 ? row('SetEnv', s.setenv.map(([k]) => k).join(', ')) : '') +
     (s.includeFiles.length > 0 ? row('Include', s.includeFiles.join(', ')) : '') +
-    row('Mode', `${s.mode} (a Node runtime inside each Apache child), event MPM`) +
-    row('Capacity', `${s.processes} process${s.processes === 1 ? '' : 'es'} x ${s.threads} threads (MaxRequestWorkers ${s.processes * s.threads})`) +
-    row('Timeouts', `request ${t.request} s, keep-alive ${t.keepAlive} s, request headers ${t.header}-${t.headerMax} s, body ${t.body} s, graceful stop ${t.graceful} s`) +
-    row('Error log', `this terminal (stderr), LogLevel ${s.logLevel}`) +
+    modeRows(s, row) +
+    row('Error log', `this terminal (stderr), LogLevel ${s.logLevel}${s.mode === 'daemon' ? " (Apache's and the daemon group's)" : ''}`) +
     row('Access log', 'this terminal (stdout)') +
     row('Server root', `${s.serverRoot} (config ${conf})`) +
     row('Apache', `${APACHE_BIN} pid ${httpd.pid}${s.user ? `, workers run as ${s.user}` : ''}`) +
     row('Module', s.modulePath) +
     'Press Ctrl-C to stop.\n'
   );
+}
+
+function reloadingText(s: ExpressSettings): string {
+  if (!s.reloadOnChanges) return 'off (--reload-on-changes to pick up edits)';
+  return s.mode === 'embedded'
+    ? 'on: edits to the app are picked up on the next request'
+    : 'on: an edit to the app recycles the daemon group on the next request, which the new code serves';
 }
 
 async function startServer(args: string[]): Promise<number> {
@@ -408,7 +463,15 @@ async function startServer(args: string[]): Promise<number> {
 
   let httpd: ForegroundHttpd;
   try {
-    httpd = new ForegroundHttpd({ apacheBin: APACHE_BIN, serverRoot: settings.serverRoot, confPath: conf, pidFile: files.pid });
+    httpd = new ForegroundHttpd({
+      apacheBin: APACHE_BIN,
+      serverRoot: settings.serverRoot,
+      confPath: conf,
+      pidFile: files.pid,
+      ...(settings.mode === 'daemon'
+        ? { daemons: { envEntry: daemonEnvMarker(settings.serverRoot), stopMs: settings.timeouts.graceful * 1000 + GRACEFUL_MARGIN_MS } }
+        : {}),
+    });
   } catch (err) {
     await Promise.all(relays.map((r) => r.close(0)));
     return fail((err as Error).message, 1);

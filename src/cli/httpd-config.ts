@@ -14,7 +14,12 @@ import * as path from 'node:path';
 export const APACHE_BIN = '/usr/sbin/apache2';
 export const APACHE_MODULES_DIR = '/usr/lib/apache2/modules';
 
-export type ExpressMode = 'embedded';
+/**
+ * embedded: a Node runtime inside each Apache child. daemon: the app runs in a
+ * TSGIDaemonProcess group, Node processes the Apache parent starts and supervises, and
+ * Apache's children only forward requests to them (docs/protocol.md).
+ */
+export type ExpressMode = 'embedded' | 'daemon';
 
 export interface ExpressTimeouts {
   /** Apache's Timeout: I/O to the client, and mod_tsgi's limit on a request that makes no progress. */
@@ -25,8 +30,12 @@ export interface ExpressTimeouts {
   headerMax: number;
   /** mod_reqtimeout: the body, extended by MinRate. */
   body: number;
-  /** GracefulShutdownTimeout: how long a graceful stop waits for in-flight requests. */
+  /** GracefulShutdownTimeout: how long a graceful stop waits for in-flight requests (and daemon graceful-timeout=). */
   graceful: number;
+  /** Daemon mode: queue-timeout= (a request waiting this long for a free thread gets 503). */
+  queue: number;
+  /** Daemon mode: startup-timeout= (how long a daemon process may take to load the app). */
+  startup: number;
 }
 
 export interface ExpressSettings {
@@ -69,9 +78,17 @@ export interface ExpressSettings {
   serverStatus: boolean;
   /** Per-request `SetEnv NAME VALUE`: they reach the app's environ. */
   setenv: [string, string][];
+  /** Daemon mode: the node executable of the group (node=), by default the one running tsgi. */
+  node: string;
+  /**
+   * Daemon mode: user=/group= of the daemon group, only when asked (--user/--group as
+   * root); otherwise the daemons run as Apache's User, which is the same account anyway.
+   */
+  daemonUser: string | null;
+  daemonGroup: string | null;
 }
 
-export const DEFAULT_TIMEOUTS: ExpressTimeouts = { request: 60, keepAlive: 2, header: 15, headerMax: 30, body: 15, graceful: 15 };
+export const DEFAULT_TIMEOUTS: ExpressTimeouts = { request: 60, keepAlive: 2, header: 15, headerMax: 30, body: 15, graceful: 15, queue: 30, startup: 30 };
 
 /** `<tmpdir>/tsgi-express-<port>-<uid>`, as mod_wsgi-express's `/tmp/mod_wsgi-localhost:8000:<uid>`. */
 export function defaultServerRoot(port: number): string {
@@ -99,6 +116,9 @@ export function expressSettings(o: Pick<ExpressSettings, 'app' | 'modulePath'> &
     includeFiles: [],
     serverStatus: false,
     setenv: [],
+    node: process.execPath,
+    daemonUser: null,
+    daemonGroup: null,
     ...o,
     port,
     serverRoot: o.serverRoot ?? defaultServerRoot(port),
@@ -121,7 +141,40 @@ export function serverRootFiles(root: string) {
     errorLogFile: path.join(root, 'error_log'),
     accessLogFile: path.join(root, 'access_log'),
     apachectl: path.join(root, 'apachectl'),
+    /**
+     * Daemon mode: TSGISocketPrefix. Apache makes each group's sockets from it as
+     * PREFIX.<parent pid>.<n>.sock (and .status); inside the server root, so several
+     * instances never collide and the system Apache's runtime dir is never touched.
+     */
+    socketPrefix: path.join(root, 'tsgi'),
   };
+}
+
+/**
+ * The longest socket prefix that still leaves room for ".<pid>.<n>.status" (pid up to
+ * 7 digits, n up to 3) within sun_path's 108 bytes, NUL included.
+ */
+export const MAX_SOCKET_PREFIX = 107 - '.1234567.123.status'.length;
+
+/** Daemon mode: the TSGIDaemonProcess name, made from the app's file name ("hello" for hello.tsgi). */
+export function processGroupName(app: string): string {
+  const base = path.basename(app).replace(/\.[^.]*$/, '').replace(/[^A-Za-z0-9_-]+/g, '-').replace(/^-+|-+$/g, '');
+  return /^[A-Za-z0-9_]/.test(base) ? base.slice(0, 40) : 'app';
+}
+
+/**
+ * The Apache processes and threads of a config. Embedded: the pool runs the app, so it
+ * is exactly --processes x --threads. Daemon: Apache's threads only forward requests,
+ * so there are more of them than the daemons have threads (as mod_wsgi-express sizes
+ * its front end): requests beyond the daemons' capacity then wait in the daemons'
+ * queue, under queue-timeout, rather than unseen in Apache's listen backlog, and static
+ * files (--url-alias) are still served while the daemons are busy.
+ */
+export function apachePool(s: Pick<ExpressSettings, 'mode' | 'processes' | 'threads'>): { processes: number; threads: number } {
+  if (s.mode === 'embedded') return { processes: s.processes, threads: s.threads };
+  const total = Math.max(10, Math.ceil(s.processes * s.threads * 1.5));
+  const processes = Math.ceil(total / 64);
+  return { processes, threads: Math.ceil(total / processes) };
 }
 
 /** `host:port` for Listen and URLs; IPv6 literals in brackets. */
@@ -172,15 +225,16 @@ export function q(s: string): string {
   return `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
 }
 
-/** Event MPM sizing for a fixed pool of `processes` × `threads`. */
+/** Event MPM sizing for a fixed pool of `processes` × `threads` (apachePool). */
 function mpmLines(s: ExpressSettings): string[] {
-  const total = s.processes * s.threads;
+  const pool = apachePool(s);
+  const total = pool.processes * pool.threads;
   return [
-    `StartServers ${s.processes}`,
+    `StartServers ${pool.processes}`,
     // Room for the old generation's children to finish during a graceful restart.
-    `ServerLimit ${Math.max(16, s.processes * 2)}`,
-    `ThreadLimit ${Math.max(64, s.threads)}`,
-    `ThreadsPerChild ${s.threads}`,
+    `ServerLimit ${Math.max(16, pool.processes * 2)}`,
+    `ThreadLimit ${Math.max(64, pool.threads)}`,
+    `ThreadsPerChild ${pool.threads}`,
     // Spare thresholds equal to the whole pool: Apache neither grows nor shrinks it.
     `MinSpareThreads ${total}`,
     `MaxSpareThreads ${total}`,
@@ -219,7 +273,9 @@ export function renderHttpdConf(s: ExpressSettings, builtins: Set<string> = comp
     `Listen ${hostPort(s.host, s.port)}`,
     `ServerName ${hostPort(connectHost(s.host), s.port)}`,
     '',
-    `# Capacity: ${s.processes} process(es) x ${s.threads} threads, event MPM.`,
+    s.mode === 'embedded'
+      ? `# Capacity: ${s.processes} process(es) x ${s.threads} threads, event MPM.`
+      : `# Apache's children only forward requests to the daemon group (below); event MPM.`,
     ...mpmLines(s),
     '',
     '# Timeouts (seconds).',
@@ -242,14 +298,19 @@ export function renderHttpdConf(s: ExpressSettings, builtins: Set<string> = comp
     `DocumentRoot ${q(f.documentRoot)}`,
     '',
     ...aliasLines(s),
-    `# The app (${s.mode} mode: a Node runtime inside each Apache child).`,
+    ...(s.mode === 'embedded' ? [`# The app (embedded mode: a Node runtime inside each Apache child).`] : []),
+    ...(s.mode === 'daemon' ? daemonLines(s) : []),
     `<Directory ${q(appDir)}>`,
     '    AllowOverride None',
     '    Require all granted',
     '</Directory>',
+    ...(s.mode === 'embedded'
+      ? ['# On with --reload-on-changes: an edited .tsgi is loaded afresh by the next request.']
+      : ['# On with --reload-on-changes: an edited .tsgi recycles the daemon group, and the new', '# processes serve the request that noticed the change.']),
     `TSGIScriptReloading ${s.reloadOnChanges ? 'On' : 'Off'}`,
     // --request-timeout: a Node event loop blocked this long fails its requests with 504.
-    `TSGIEventLoopTimeout ${t.request}`,
+    // (Daemon mode: request-timeout= above; Node does not run inside Apache at all.)
+    ...(s.mode === 'embedded' ? [`TSGIEventLoopTimeout ${t.request}`] : []),
     ...s.setenv.map(([k, v]) => `SetEnv ${k} ${q(v)}`),
     `TSGIScriptAlias ${s.mountPoint} ${q(s.app)}`,
     '',
@@ -262,6 +323,15 @@ export function renderHttpdConf(s: ExpressSettings, builtins: Set<string> = comp
       '    SetHandler server-status',
       '    Require local',
       '</Location>',
+      ...(s.mode === 'daemon'
+        ? [
+            "# The daemon group's processes: pid, requests, in flight, RSS, uptime (?json for JSON).",
+            '<Location /tsgi-status>',
+            '    SetHandler tsgi-status',
+            '    Require local',
+            '</Location>',
+          ]
+        : []),
       '',
     );
   }
@@ -269,6 +339,51 @@ export function renderHttpdConf(s: ExpressSettings, builtins: Set<string> = comp
     lines.push('# --include-file: raw Apache directives.', ...s.includeFiles.map((f) => `Include ${q(f)}`), '');
   }
   return lines.join('\n');
+}
+
+/** `name=value` as one httpd.conf word, quoted when the value needs it. */
+function option(name: string, value: string | number): string {
+  const word = `${name}=${value}`;
+  return /[\s"\\]/.test(word) ? q(word) : word;
+}
+
+/**
+ * Daemon mode: the group, its sockets, and no Node inside Apache. The environment
+ * variable TSGI_EXPRESS_ROOT marks the group's processes (they run in a session of
+ * their own, outside Apache's process group): `tsgi express` finds any left over by it.
+ */
+function daemonLines(s: ExpressSettings): string[] {
+  const f = serverRootFiles(s.serverRoot);
+  const t = s.timeouts;
+  const name = processGroupName(s.app);
+  const opts = [
+    option('processes', s.processes),
+    option('threads', s.threads),
+    ...(s.daemonUser ? [option('user', s.daemonUser)] : []),
+    ...(s.daemonGroup ? [option('group', s.daemonGroup)] : []),
+    option('request-timeout', t.request),
+    option('graceful-timeout', t.graceful),
+    option('queue-timeout', t.queue),
+    option('startup-timeout', t.startup),
+    option('display-name', '%{GROUP}'),
+    option('node', s.node),
+    option('env', daemonEnvMarker(s.serverRoot)),
+  ];
+  return [
+    `# The app (daemon mode): ${s.processes} Node process(es) x ${s.threads} threads in the group`,
+    `# "${name}", started and supervised by the Apache parent; Apache's children forward`,
+    '# each request to them over a Unix socket (docs/protocol.md).',
+    `TSGISocketPrefix ${q(f.socketPrefix)}`,
+    `TSGIDaemonProcess ${name} ${opts.join(' ')}`,
+    `TSGIProcessGroup ${name}`,
+    '# Nothing runs embedded: no Node runtime starts inside the Apache children.',
+    'TSGIRestrictEmbedded On',
+  ];
+}
+
+/** The marker daemonLines() puts in the group's environment. */
+export function daemonEnvMarker(serverRoot: string): string {
+  return `TSGI_EXPRESS_ROOT=${serverRoot}`;
 }
 
 const LOG_FORMAT = 'LogFormat "%h %l %u %t \\"%r\\" %>s %b \\"%{Referer}i\\" \\"%{User-Agent}i\\" %D" tsgi_express';

@@ -8,7 +8,9 @@
  *   finish within GracefulShutdownTimeout; Apache itself enforces that bound;
  *   past it and a margin, SIGTERM (`-k stop`); past that, SIGKILL to the group;
  * - after the parent exits, any process still in its group or running its config
- *   (a child that outlived it) is killed;
+ *   (a child that outlived it) is killed; so are daemon-mode processes, which run in
+ *   sessions of their own (setsid) and are found by a variable in their environment,
+ *   once they have had their graceful-timeout to stop by themselves;
  * - a watchdog shell, blocked reading a pipe from us, sends the group SIGTERM (then
  *   SIGKILL) if we die without cleaning up (even by SIGKILL, where no handler runs).
  *
@@ -38,8 +40,31 @@ function readStat(pid: number): { state: string; pgrp: number } | null {
   return { state: rest[0] ?? '?', pgrp: Number(rest[2]) };
 }
 
-/** Live (not zombie) processes in group `pgid` or whose command line contains `marker`. */
-export function httpdProcesses(pgid: number, marker: string): number[] {
+function environHas(pid: number, entry: string): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(entry);
+  } catch {
+    return false; /* gone, or not ours to read */
+  }
+}
+
+/** Live processes whose environment has `entry` ("NAME=VALUE"). */
+export function processesWithEnv(entry: string): number[] {
+  return fs
+    .readdirSync('/proc')
+    .filter((name) => /^\d+$/.test(name) && Number(name) !== process.pid)
+    .map(Number)
+    .filter((pid) => {
+      const st = readStat(pid);
+      return st !== null && st.state !== 'Z' && st.state !== 'X' && environHas(pid, entry);
+    });
+}
+
+/**
+ * Live (not zombie) processes in group `pgid`, or whose command line contains `marker`,
+ * or (with `envEntry`, "NAME=VALUE") whose environment has that entry.
+ */
+export function httpdProcesses(pgid: number, marker: string, envEntry?: string): number[] {
   const out: number[] = [];
   for (const name of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
@@ -53,7 +78,7 @@ export function httpdProcesses(pgid: number, marker: string): number[] {
     } catch {
       continue;
     }
-    if (st.pgrp === pgid || cmd.includes(marker)) out.push(pid);
+    if (st.pgrp === pgid || cmd.includes(marker) || (envEntry !== undefined && environHas(pid, envEntry))) out.push(pid);
   }
   return out;
 }
@@ -95,6 +120,12 @@ export interface ForegroundHttpdOptions {
   confPath: string;
   pidFile: string;
   env?: NodeJS.ProcessEnv;
+  /**
+   * Daemon mode: the "NAME=VALUE" in the environment of the daemon group's processes
+   * (httpd-config.ts daemonEnvMarker), and how long they may take to stop by
+   * themselves once the Apache parent is gone before they are killed.
+   */
+  daemons?: { envEntry: string; stopMs: number };
 }
 
 export class ForegroundHttpd {
@@ -173,10 +204,15 @@ export class ForegroundHttpd {
   send(step: StopStep): void {
     if (step === 'kill') {
       signal(-this.pid, 'SIGKILL');
-      for (const pid of httpdProcesses(this.pid, this.marker)) signal(pid, 'SIGKILL');
+      for (const pid of this.processes()) signal(pid, 'SIGKILL');
       return;
     }
     if (!this.hasExited) signal(this.pid, step === 'graceful' ? 'SIGWINCH' : 'SIGTERM');
+  }
+
+  /** Every live process of this server: Apache's and, in daemon mode, the daemon group's. */
+  processes(): number[] {
+    return httpdProcesses(this.pid, this.marker, this.opts.daemons?.envEntry);
   }
 
   /**
@@ -185,9 +221,15 @@ export class ForegroundHttpd {
    */
   async reap(): Promise<number[]> {
     await this.exited;
-    const leftovers = httpdProcesses(this.pid, this.marker);
+    // A stopping Apache parent asks its daemon supervisors to stop and may exit before
+    // they have drained; they get their graceful-timeout (a killed Apache: the
+    // supervisors notice the parent is gone and stop the same way).
+    const lingerUntil = Date.now() + (this.opts.daemons?.stopMs ?? 0);
+    const daemons = this.opts.daemons;
+    while (daemons && Date.now() < lingerUntil && processesWithEnv(daemons.envEntry).length > 0) await delay(50);
+    const leftovers = this.processes();
     const deadline = Date.now() + 5000;
-    for (let left = leftovers; left.length > 0 && Date.now() < deadline; left = httpdProcesses(this.pid, this.marker)) {
+    for (let left = leftovers; left.length > 0 && Date.now() < deadline; left = this.processes()) {
       this.send('kill');
       await delay(20);
     }

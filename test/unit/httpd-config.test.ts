@@ -5,8 +5,20 @@
 import { describe, it, expect } from 'vitest';
 import * as os from 'node:os';
 import { join } from 'node:path';
-import { defaultServerRoot, expressSettings, renderApachectl, renderHttpdConf, serverUrl, shQuote } from '../../src/cli/httpd-config';
-import { parseOptions } from '../../src/cli/express';
+import {
+  MAX_SOCKET_PREFIX,
+  apachePool,
+  daemonEnvMarker,
+  defaultServerRoot,
+  expressSettings,
+  processGroupName,
+  renderApachectl,
+  renderHttpdConf,
+  serverRootFiles,
+  serverUrl,
+  shQuote,
+} from '../../src/cli/httpd-config';
+import { parseOptions, parseServerOptions } from '../../src/cli/express';
 
 const BUILTINS = new Set(['log_config_module', 'unixd_module', 'so_module']);
 
@@ -117,5 +129,89 @@ describe('tsgi express option parsing', () => {
     expect(parseOptions(['--setenv', 'A'])).toBe('--setenv needs 2 values (--setenv NAME VALUE)');
     expect(parseOptions(['--setenv=A'])).toBe('--setenv takes 2 values: --setenv NAME VALUE');
     expect(parseOptions(['--host', 'a', '--host', 'b'])).toBe('--host given more than once');
+  });
+});
+
+describe('tsgi express --mode daemon httpd.conf', () => {
+  const daemon = (o: Partial<Parameters<typeof expressSettings>[0]> = {}) => render({ mode: 'daemon', node: '/opt/node 20/bin/node', ...o });
+  const directive = (conf: string, name: string) => conf.split('\n').filter((l) => l.startsWith(`${name} `));
+
+  it('a TSGIDaemonProcess group named after the app, with the pool, timeouts, node and the marker of its processes', () => {
+    const conf = daemon({ processes: 3, threads: 7, timeouts: { request: 42 } as never });
+    expect(directive(conf, 'TSGIDaemonProcess')).toEqual([
+      'TSGIDaemonProcess hello processes=3 threads=7 request-timeout=42 graceful-timeout=15 queue-timeout=30 startup-timeout=30 ' +
+        'display-name=%{GROUP} "node=/opt/node 20/bin/node" "env=TSGI_EXPRESS_ROOT=/tmp/x root"',
+    ]);
+    expect(directive(conf, 'TSGIProcessGroup')).toEqual(['TSGIProcessGroup hello']);
+    expect(directive(conf, 'TSGIRestrictEmbedded')).toEqual(['TSGIRestrictEmbedded On']);
+    expect(directive(conf, 'TSGISocketPrefix')).toEqual(['TSGISocketPrefix "/tmp/x root/tsgi"']);
+    expect(directive(conf, 'TSGIScriptAlias')).toEqual(['TSGIScriptAlias / "/srv/my app/hello.tsgi"']);
+    expect(conf).toMatch(/^Timeout 42$/m);
+    // The event-loop watchdog is embedded mode's; no Node runs inside Apache here.
+    expect(conf).not.toContain('TSGIEventLoopTimeout');
+    expect(daemonEnvMarker('/tmp/x root')).toBe('TSGI_EXPRESS_ROOT=/tmp/x root');
+  });
+
+  it('the node running tsgi by default; user=/group= only when asked', () => {
+    const s = expressSettings({ app: '/a/b.tsgi', modulePath: '/m.so', mode: 'daemon', user: 'www-data' });
+    expect(s.node).toBe(process.execPath);
+    const plain = renderHttpdConf(s, BUILTINS);
+    expect(plain).toContain('User www-data\nGroup www-data\n');
+    expect(directive(plain, 'TSGIDaemonProcess')[0]).not.toMatch(/ (user|group)=/);
+    const asked = daemon({ user: 'nobody', group: 'nogroup', daemonUser: 'nobody', daemonGroup: 'nogroup' });
+    expect(directive(asked, 'TSGIDaemonProcess')[0]).toContain(' processes=1 threads=5 user=nobody group=nogroup request-timeout=60 ');
+  });
+
+  it("sizes Apache's front end above the daemons' capacity (x1.5, at least 10, at most 64 threads a child)", () => {
+    expect(apachePool({ mode: 'embedded', processes: 2, threads: 8 })).toEqual({ processes: 2, threads: 8 });
+    expect(apachePool({ mode: 'daemon', processes: 1, threads: 5 })).toEqual({ processes: 1, threads: 10 });
+    expect(apachePool({ mode: 'daemon', processes: 2, threads: 15 })).toEqual({ processes: 1, threads: 45 });
+    expect(apachePool({ mode: 'daemon', processes: 4, threads: 30 })).toEqual({ processes: 3, threads: 60 });
+    const conf = daemon({ processes: 2, threads: 15 });
+    for (const line of ['StartServers 1', 'ThreadsPerChild 45', 'MinSpareThreads 45', 'MaxSpareThreads 45', 'MaxRequestWorkers 45']) {
+      expect(conf).toContain(`\n${line}\n`);
+    }
+  });
+
+  it('--server-status adds SetHandler tsgi-status at /tsgi-status (daemon mode only); --reload-on-changes is TSGIScriptReloading On', () => {
+    const conf = daemon({ serverStatus: true, reloadOnChanges: true });
+    expect(conf).toContain('<Location /tsgi-status>\n    SetHandler tsgi-status\n    Require local\n</Location>');
+    expect(conf).toContain('<Location /server-status>');
+    expect(conf).toMatch(/^TSGIScriptReloading On$/m);
+    expect(render({ serverStatus: true })).not.toContain('tsgi-status');
+    for (const d of ['TSGIDaemonProcess', 'TSGIProcessGroup', 'TSGIRestrictEmbedded', 'TSGISocketPrefix']) expect(render()).not.toContain(d);
+  });
+
+  it('group names come from the app file name, reduced to letters, digits, - and _', () => {
+    expect(processGroupName('/srv/hello.tsgi')).toBe('hello');
+    expect(processGroupName('/srv/my app.v2.tsgi')).toBe('my-app-v2');
+    expect(processGroupName('/srv/.tsgi')).toBe('app');
+    expect(processGroupName('/srv/_x.tsgi')).toBe('_x');
+    expect(processGroupName('/srv/日本.tsgi')).toBe('app');
+  });
+
+  it('the socket prefix lies in the server root and leaves room for the socket names', () => {
+    expect(serverRootFiles('/r').socketPrefix).toBe('/r/tsgi');
+    expect(MAX_SOCKET_PREFIX + '.4194304.999.status'.length).toBeLessThanOrEqual(107);
+  });
+});
+
+describe('tsgi express --mode option', () => {
+  const hello = join(__dirname, '..', '..', 'examples', 'hello.tsgi');
+  it('embedded by default; daemon accepted; anything else refused by name', () => {
+    const e = parseServerOptions([hello], 'start-server');
+    expect(typeof e !== 'string' && e.mode).toBe('embedded');
+    const d = parseServerOptions([hello, '--mode', 'daemon', '--processes', '2', '--threads', '3'], 'start-server');
+    expect(typeof d !== 'string' && [d.mode, d.processes, d.threads, d.node, d.daemonUser]).toEqual(['daemon', 2, 3, process.execPath, null]);
+    expect(parseServerOptions([hello, '--mode', 'wsgi'], 'start-server')).toBe('--mode must be embedded or daemon, got "wsgi"');
+  });
+
+  it('refuses a server root too long for the daemon sockets, naming the option', () => {
+    const long = `/tmp/${'x'.repeat(100)}`;
+    expect(parseServerOptions([hello, '--mode', 'daemon', '--server-root', long], 'setup-server')).toBe(
+      `--mode daemon: the daemon sockets would be ${long}/tsgi.<pid>.<n>.sock, longer than a Unix socket path may be (${MAX_SOCKET_PREFIX} bytes for the prefix); use a shorter --server-root`,
+    );
+    // Embedded mode has no sockets: the same root is fine.
+    expect(typeof parseServerOptions([hello, '--server-root', long], 'setup-server')).toBe('object');
   });
 });

@@ -90,6 +90,11 @@ export interface ApacheInstance {
   waitForLog(re: RegExp, timeoutMs?: number, since?: number): Promise<RegExpMatchArray>;
   /** Every live process of this instance (parent, workers, cgid daemon, CGI scripts). */
   processes(): number[];
+  /**
+   * Every live descendant of the parent, including those that left its process group
+   * with setsid() (mod_tsgi's daemon supervisors and their workers).
+   */
+  descendants(): number[];
   /** Stdout/stderr of the foreground parent (startup errors land here before ErrorLog opens). */
   output(): string;
   /** `apache2 -k graceful`, then waits until the new generation reports it is running. */
@@ -250,6 +255,34 @@ export async function configtest(opts: ApacheOptions = {}): Promise<ConfigtestRe
   }
 }
 
+/** Live descendants of `pid` (by parent pid, so a setsid() child still counts), sorted. */
+export function descendantsOf(pid: number): number[] {
+  const parents = new Map<number, number>();
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (rest[0] === 'Z' || rest[0] === 'X') continue;
+    parents.set(Number(name), Number(rest[1]));
+  }
+  const out: number[] = [];
+  const walk = (p: number) => {
+    for (const [child, ppid] of parents) {
+      if (ppid === p && !out.includes(child)) {
+        out.push(child);
+        walk(child);
+      }
+    }
+  };
+  walk(pid);
+  return out.sort((a, b) => a - b);
+}
+
 export async function startApache(opts: ApacheOptions = {}): Promise<ApacheInstance> {
   return startOnFreePort(opts.port, (port) => startOnce(opts, port));
 }
@@ -340,6 +373,7 @@ async function startOnce(opts: ApacheOptions, port: number): Promise<ApacheInsta
       return waitForFileMatch(g.errorLogPath, re, ms, since);
     },
     processes: () => proc.processes(),
+    descendants: () => descendantsOf(proc.pid),
     output: () => proc.stderr() + proc.stdout(),
     async graceful(ms = 10_000) {
       if (stopped || stopping) throw new Error('graceful() on a stopped Apache');
@@ -353,8 +387,23 @@ async function startOnce(opts: ApacheOptions, port: number): Promise<ApacheInsta
       stopping = (async () => {
         const pidFromFile = readPidFile(g.pidPath);
         const extra = pidFromFile !== null && pidFromFile !== proc.pid ? [pidFromFile] : [];
+        // Processes that left the server's process group (daemons started with setsid())
+        // are not reached by its group kill: they get the rest of the stop's time to exit
+        // on their own once the parent is gone, then count as killed like the others.
+        const outside = descendantsOf(proc.pid);
+        const stopDeadline = Date.now() + (so.timeoutMs ?? 10_000);
         const killed = await proc.terminate(so.graceful ? 'SIGWINCH' : 'SIGTERM', so.timeoutMs ?? 10_000, extra);
-        const still = [proc.pid, ...extra].filter(pidAlive);
+        while (outside.some(pidAlive) && Date.now() < stopDeadline) await delay(25);
+        for (const pid of outside.filter(pidAlive)) {
+          killed.push(pid);
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // gone meanwhile
+          }
+        }
+        for (let i = 0; i < 200 && outside.some(pidAlive); i++) await delay(25);
+        const still = [proc.pid, ...extra, ...outside].filter(pidAlive);
         if (still.length) throw new Error(`Apache processes still alive after stop: ${still.join(', ')}`);
         finalErrorLog = readText(g.errorLogPath);
         finalAccessLog = readText(g.accessLogPath);

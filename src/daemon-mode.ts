@@ -28,13 +28,17 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { getSystemErrorName } from 'node:util';
-import { streamLog, type ErrorLog } from './gateway/log';
+import { apacheFormatLog, parseLogLevel } from './gateway/apache-log';
+import { streamLog, type ErrorLog, type LogLevel } from './gateway/log';
 import type { InFlight, MasterMessage, WorkerConfig, WorkerMessage } from './daemon-worker';
 
-export type DaemonProtocol = 'http' | 'scgi' | 'uwsgi' | 'fastcgi';
+/** 'tsgi' is mod_tsgi's own wire protocol (docs/protocol.md), for Apache daemon mode only. */
+export type DaemonProtocol = 'http' | 'scgi' | 'uwsgi' | 'fastcgi' | 'tsgi';
+/** The protocols `tsgi daemon` offers to other web servers. */
 export const DAEMON_PROTOCOLS: readonly DaemonProtocol[] = ['uwsgi', 'scgi', 'fastcgi', 'http'];
 
-export type ListenAddress = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number };
+/** 'fd': a socket already bound and listening, inherited (the Apache parent's, on fd 3). */
+export type ListenAddress = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number } | { kind: 'fd'; fd: number };
 
 export interface DaemonOptions {
   script: string;
@@ -72,6 +76,22 @@ export interface DaemonOptions {
   env?: NodeJS.ProcessEnv;
   /** The worker entry point. Default: daemon-worker.js beside this file. */
   workerEntry?: string;
+  /** 'tsgi': the group's shared secret (handed to workers over IPC, never argv or env). */
+  secret?: Uint8Array;
+  /** 'tsgi': the TSGIDaemonProcess name (status, log tags). */
+  processGroup?: string;
+  /** 'tsgi': scripts every worker loads at start; one that fails is logged and gets 500s. */
+  preload?: string[];
+  /** 'tsgi': how long a request may wait for a free thread. Default 30 s. */
+  queueTimeoutMs?: number;
+  /** What tsgi.multiprocess says. Default: processes > 1. */
+  multiprocess?: boolean;
+  /** Workers log Apache-format entries on fd 2 at or above this level (Apache daemon mode). */
+  workerLog?: { level: LogLevel; tag: string };
+  /** The workers' process title. Default "tsgi-worker SCRIPT". */
+  workerTitle?: string;
+  /** Descriptors this process inherited that workers must close (they are not close-on-exec). */
+  workerCloseFds?: number[];
 }
 
 export type WorkerState = 'starting' | 'ready' | 'draining';
@@ -84,6 +104,25 @@ export interface WorkerStatus {
   requests: number;
   inflight: InFlight[];
   uptimeMs: number;
+  /** From the worker's last heartbeat; 0 before the first. */
+  rssBytes: number;
+}
+
+/** The STATUS reply and the status socket's answer (docs/protocol.md §5). */
+export interface PoolStatusReport {
+  group: string;
+  pid: number;
+  startedAt: string;
+  threads: number;
+  processes: {
+    pid: number;
+    state: WorkerState;
+    requests: number;
+    inflight: number;
+    rssBytes: number;
+    uptimeMs: number;
+    running: InFlight[];
+  }[];
 }
 
 /** The pool could not start (the script fails to load, the socket is in use ...). */
@@ -100,6 +139,7 @@ interface Worker {
   lastHeard: number;
   requests: number;
   inflight: InFlight[];
+  rssBytes: number;
   retiring: string | null;
   drainDeadline: number;
   loadFailure: string | null;
@@ -140,6 +180,7 @@ export class DaemonPool {
   private scriptMtime = 0;
   private lastMtimeCheck = 0;
   private spawned = 0;
+  private readonly startedAt = new Date();
   private done!: Promise<void>;
   private finish!: () => void;
 
@@ -158,7 +199,11 @@ export class DaemonPool {
       reload: false,
       ...(stripUndefined(options) as DaemonOptions),
     };
-    this.options.script = path.resolve(options.script);
+    // '' with 'tsgi': no script of its own, each request names one.
+    this.options.script = options.script === '' && options.protocol === 'tsgi' ? '' : path.resolve(options.script);
+    if (options.protocol === 'tsgi' && !(options.secret instanceof Uint8Array && options.secret.length > 0)) {
+      throw new DaemonStartError("protocol 'tsgi' needs the group's secret");
+    }
     this.log = options.log ?? streamLog(process.stderr, 'tsgi-daemon');
     this.done = new Promise((r) => (this.finish = r));
   }
@@ -206,7 +251,26 @@ export class DaemonPool {
 
   status(): WorkerStatus[] {
     const now = Date.now();
-    return [...this.workers].map((w) => ({ pid: w.pid, state: w.state, retiring: w.retiring, requests: w.requests, inflight: w.inflight, uptimeMs: now - w.startedAt }));
+    return [...this.workers].map((w) => ({ pid: w.pid, state: w.state, retiring: w.retiring, requests: w.requests, inflight: w.inflight, uptimeMs: now - w.startedAt, rssBytes: w.rssBytes }));
+  }
+
+  /** The pool as docs/protocol.md §5 shows it (STATUS frames, the status socket, `tsgi status`). */
+  statusReport(): PoolStatusReport {
+    return {
+      group: this.options.processGroup ?? '',
+      pid: process.pid,
+      startedAt: this.startedAt.toISOString(),
+      threads: this.options.threads,
+      processes: this.status().map((w) => ({
+        pid: w.pid,
+        state: w.state,
+        requests: w.requests,
+        inflight: w.inflight.length,
+        rssBytes: w.rssBytes,
+        uptimeMs: w.uptimeMs,
+        running: w.inflight,
+      })),
+    };
   }
 
   // ---- the supervisor loop ---------------------------------------------------------------
@@ -283,6 +347,15 @@ export class DaemonPool {
       case 'stats':
         w.requests = m.requests;
         w.inflight = m.inflight;
+        if (m.rssBytes !== undefined) w.rssBytes = m.rssBytes;
+        return;
+      case 'status-request':
+        send(w, { t: 'status', id: m.id, status: this.statusReport() });
+        return;
+      case 'recycle':
+        // The first worker to notice triggers it; the others are being replaced already.
+        if (w.state === 'draining' || w.retiring || this.phase !== 'running') return;
+        this.handleEvent({ kind: 'reload', why: m.reason });
         return;
       case 'retire':
         if (w.state === 'draining' || w.retiring) return;
@@ -414,9 +487,14 @@ export class DaemonPool {
       requestTimeoutMs: this.options.requestTimeoutMs,
       inactivityTimeoutMs: this.options.inactivityTimeoutMs,
       gracefulTimeoutMs: this.options.gracefulTimeoutMs,
-      multiprocess: this.options.processes > 1,
+      multiprocess: this.options.multiprocess ?? this.options.processes > 1,
       uid: this.uid,
       gid: this.gid,
+      queueTimeoutMs: this.options.queueTimeoutMs,
+      preload: this.options.preload,
+      apacheLog: this.options.workerLog,
+      title: this.options.workerTitle,
+      closeFds: this.options.workerCloseFds,
     };
     const child = fork(this.options.workerEntry ?? path.join(__dirname, 'daemon-worker.js'), [JSON.stringify(config)], {
       execPath: this.options.nodePath ?? process.execPath,
@@ -425,13 +503,15 @@ export class DaemonPool {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     const now = Date.now();
-    const w: Worker = { child, pid: child.pid ?? 0, state: 'starting', startedAt: now, readyAt: 0, lastHeard: now, requests: 0, inflight: [], retiring: null, drainDeadline: 0, loadFailure: null };
+    const w: Worker = { child, pid: child.pid ?? 0, state: 'starting', startedAt: now, readyAt: 0, lastHeard: now, requests: 0, inflight: [], rssBytes: 0, retiring: null, drainDeadline: 0, loadFailure: null };
     this.spawned++;
     this.workers.add(w);
     this.log.log('info', `spawned worker pid ${w.pid}`);
     child.on('message', (message: WorkerMessage) => this.push({ kind: 'message', worker: w, message }));
     child.on('exit', (code, signal) => this.push({ kind: 'exit', worker: w, code, signal }));
     child.on('error', (err) => this.log.log('error', `worker pid ${w.pid}: ${err.message}`));
+    // Before the socket: a 'tsgi' worker cannot serve without it. IPC keeps the order.
+    if (this.options.secret) send(w, { t: 'secret', secret: Buffer.from(this.options.secret).toString('base64') });
     this.sendListener(w);
   }
 
@@ -490,6 +570,11 @@ export class DaemonPool {
 
   private async openSocket(): Promise<void> {
     const l = this.options.listen;
+    if (l.kind === 'fd') {
+      this.listener = inheritedListener(l.fd);
+      this.address = `fd:${l.fd}`;
+      return;
+    }
     const createServerHandle = (net as unknown as { _createServerHandle(a: string | null, p: number, t: number, fd?: number, flags?: number): ServerHandle | number })._createServerHandle;
     let h: ServerHandle | number;
     if (l.kind === 'unix') {
@@ -530,6 +615,26 @@ export class DaemonPool {
     }
     this.listener = null;
   }
+}
+
+/** The handle of a socket someone else bound and made listen (the Apache parent's fd 3). */
+function inheritedListener(fd: number): ServerHandle {
+  let st: fs.Stats;
+  try {
+    st = fs.fstatSync(fd);
+  } catch (err) {
+    throw new DaemonStartError(`cannot listen on fd ${fd}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message} (the listening socket should be inherited there)`);
+  }
+  if (!st.isSocket()) throw new DaemonStartError(`cannot listen on fd ${fd}: it is not a socket (the listening socket should be inherited there)`);
+  const createServerHandle = (net as unknown as { _createServerHandle(a: string | null, p: number, t: number, fd?: number, flags?: number): ServerHandle | number })._createServerHandle;
+  let h: ServerHandle | number;
+  try {
+    h = createServerHandle(null, 0, -1, fd);
+  } catch (err) {
+    throw new DaemonStartError(`cannot listen on fd ${fd}: ${(err as Error).message}`);
+  }
+  if (typeof h === 'number') throw new DaemonStartError(`cannot listen on fd ${fd}: ${getSystemErrorName(h)}`);
+  return h;
 }
 
 /** A Unix socket path left by a daemon that died is removed; one something listens on is an error. */
@@ -644,5 +749,256 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     process.off('SIGHUP', onHup);
     process.off('SIGTERM', onTerm);
     process.off('SIGINT', onInt);
+  }
+}
+
+// ---- Apache daemon mode: what the Apache parent execs ---------------------------------------
+//
+// The launch contract (docs/daemon.md, "Apache daemon mode"): `node [node-options]
+// dist/daemon-mode.js --apache` with fd 3 the group's listening socket, fd 4 a pipe with
+// one JSON config object, fd 5 the status socket, fds 1 and 2 the defining server's error
+// log. Everything below is the work; the entry at the end only calls it.
+
+export const APACHE_LISTEN_FD = 3;
+export const APACHE_CONFIG_FD = 4;
+export const APACHE_STATUS_FD = 5;
+
+/** The launch config, as parsed and checked. Durations in ms. */
+export interface ApacheDaemonConfig {
+  group: string;
+  secret: Uint8Array;
+  processes: number;
+  processesGiven: boolean;
+  threads: number;
+  maximumRequests: number;
+  inactivityTimeoutMs: number;
+  requestTimeoutMs: number;
+  gracefulTimeoutMs: number;
+  startupTimeoutMs: number;
+  queueTimeoutMs: number;
+  displayName: string;
+  preload: string[];
+  logLevel: LogLevel;
+  replaces: number;
+  startDelayMs: number;
+  parentPid: number;
+}
+
+const CONFIG_KEYS = new Set([
+  'group', 'secret', 'processes', 'processesGiven', 'threads', 'maximumRequests', 'inactivityTimeoutMs', 'requestTimeoutMs',
+  'gracefulTimeoutMs', 'startupTimeoutMs', 'queueTimeoutMs', 'displayName', 'preload', 'logLevel', 'replaces', 'startDelayMs', 'parentPid',
+]);
+
+/**
+ * Parses the launch config. Throws an Error naming `where` and the field for anything
+ * malformed; keys it does not know are returned as warnings (a newer Apache side may add
+ * some), not refused.
+ */
+export function parseApacheConfig(text: string, where = `the launch config (fd ${APACHE_CONFIG_FD})`): { config: ApacheDaemonConfig; warnings: string[] } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${where}: not JSON: ${(err as Error).message}${text.trim() === '' ? ' (it is empty)' : ''}`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error(`${where}: must be a JSON object`);
+  const o = raw as Record<string, unknown>;
+  const bad = (key: string, what: string) => new Error(`${where}: "${key}" must be ${what}, got ${JSON.stringify(o[key])}`);
+  const int = (key: string, min: number, fallback?: number): number => {
+    const v = o[key];
+    if (v === undefined && fallback !== undefined) return fallback;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw bad(key, `an integer >= ${min}`);
+    return v;
+  };
+  if (typeof o.group !== 'string' || o.group === '' || /[\0\n]/.test(o.group)) throw bad('group', 'a non-empty name');
+  const group = o.group;
+  if (typeof o.secret !== 'string' || !/^[A-Za-z0-9+/]+={0,2}$/.test(o.secret)) throw bad('secret', 'base64 text');
+  const secret = new Uint8Array(Buffer.from(o.secret, 'base64'));
+  if (secret.length !== 32) throw new Error(`${where}: "secret" must decode to 32 bytes, got ${secret.length}`);
+  if (o.processesGiven !== undefined && typeof o.processesGiven !== 'boolean') throw bad('processesGiven', 'true or false');
+  if (o.displayName !== undefined && (typeof o.displayName !== 'string' || o.displayName === '')) throw bad('displayName', 'a non-empty string');
+  const preload = o.preload ?? [];
+  if (!Array.isArray(preload) || preload.some((p) => typeof p !== 'string' || !path.isAbsolute(p))) throw bad('preload', 'an array of absolute paths');
+  let logLevel: LogLevel;
+  try {
+    logLevel = parseLogLevel(o.logLevel ?? 'warn', `${where}: "logLevel"`);
+  } catch (err) {
+    throw new Error((err as Error).message);
+  }
+  const config: ApacheDaemonConfig = {
+    group,
+    secret,
+    processes: int('processes', 1, 1),
+    processesGiven: (o.processesGiven as boolean | undefined) ?? false,
+    threads: int('threads', 1, 15),
+    maximumRequests: int('maximumRequests', 0, 0),
+    inactivityTimeoutMs: int('inactivityTimeoutMs', 0, 0),
+    requestTimeoutMs: int('requestTimeoutMs', 0, 60_000),
+    gracefulTimeoutMs: int('gracefulTimeoutMs', 0, 15_000),
+    startupTimeoutMs: int('startupTimeoutMs', 1, 30_000),
+    queueTimeoutMs: int('queueTimeoutMs', 0, 30_000),
+    displayName: (o.displayName as string | undefined) ?? `tsgi-daemon (${group})`,
+    preload: preload as string[],
+    logLevel,
+    replaces: int('replaces', 0, 0),
+    startDelayMs: int('startDelayMs', 0, 0),
+    parentPid: int('parentPid', 0, 0),
+  };
+  const warnings = Object.keys(o)
+    .filter((k) => !CONFIG_KEYS.has(k))
+    .map((k) => `${where}: unknown key "${k}" ignored`);
+  return { config, warnings };
+}
+
+/** The pool options a launch config asks for. */
+export function apachePoolOptions(config: ApacheDaemonConfig, log: ErrorLog): DaemonOptions {
+  return {
+    script: '',
+    listen: { kind: 'fd', fd: APACHE_LISTEN_FD },
+    protocol: 'tsgi',
+    secret: config.secret,
+    processGroup: config.group,
+    processes: config.processes,
+    threads: config.threads,
+    maximumRequests: config.maximumRequests,
+    inactivityTimeoutMs: config.inactivityTimeoutMs,
+    requestTimeoutMs: config.requestTimeoutMs,
+    gracefulTimeoutMs: config.gracefulTimeoutMs,
+    startupTimeoutMs: config.startupTimeoutMs,
+    queueTimeoutMs: config.queueTimeoutMs,
+    preload: config.preload,
+    // As mod_wsgi: writing processes= at all makes the app multiprocess.
+    multiprocess: config.processesGiven || config.processes > 1,
+    log,
+    workerLog: { level: config.logLevel, tag: apacheLogTag(config.group) },
+    workerTitle: `${config.displayName} worker`,
+    // The status socket is not close-on-exec here; a worker holding it would keep it
+    // "listening" after the supervisor is gone, and `tsgi status` would hang on it.
+    workerCloseFds: [APACHE_STATUS_FD],
+    nodePath: process.execPath,
+    nodeOptions: process.execArgv,
+    env: process.env,
+  };
+}
+
+function apacheLogTag(group: string): string {
+  return `daemon ${group}: `;
+}
+
+/** Reads fd `fd` to its end and closes it. */
+function readConfigFd(fd: number): string {
+  try {
+    return fs.readFileSync(fd, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new Error(`cannot read the launch config from fd ${fd}: ${code} (daemon-mode.js --apache is started by mod_tsgi's Apache parent)`);
+  } finally {
+    try {
+      fs.closeSync(fd);
+    } catch {
+      // not open
+    }
+  }
+}
+
+/** The status socket: each connection gets the pool's status JSON, then is closed. */
+function serveStatus(fd: number, pool: DaemonPool, log: ErrorLog): net.Server {
+  const server = net.createServer((sock) => {
+    sock.on('error', () => undefined);
+    sock.end(JSON.stringify(pool.statusReport()) + '\n');
+  });
+  server.on('error', (err) => log.log('warn', `status socket (fd ${fd}): ${err.message}; \`tsgi status\` will not see this group`));
+  server.listen({ fd });
+  return server;
+}
+
+/** Once the new pool is ready, the previous generation's supervisor drains and goes. */
+function retirePrevious(pid: number, log: ErrorLog): void {
+  if (pid <= 0 || pid === process.pid) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+    log.log('info', `ready; sent SIGTERM to the previous supervisor, pid ${pid}`);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ESRCH') return;
+    log.log('error', `cannot stop the previous supervisor pid ${pid}: ${code ?? (err as Error).message}`);
+  }
+}
+
+/**
+ * Runs one group's supervisor as the Apache parent launched it, until a signal or the
+ * parent's death stops it. Returns the exit code: 0 after a clean stop, 1 when the pool
+ * could not start, 2 for a bad launch.
+ */
+export async function runApacheDaemon(): Promise<number> {
+  let log = apacheFormatLog({ level: 'warn', tag: 'daemon: ' });
+  let config: ApacheDaemonConfig;
+  try {
+    const parsed = parseApacheConfig(readConfigFd(APACHE_CONFIG_FD));
+    config = parsed.config;
+    log = apacheFormatLog({ level: config.logLevel, tag: apacheLogTag(config.group) });
+    for (const w of parsed.warnings) log.log('warn', w);
+  } catch (err) {
+    log.log('error', (err as Error).message);
+    return 2;
+  }
+  if (config.startDelayMs > 0) {
+    log.log('info', `waiting ${config.startDelayMs} ms before starting (the previous start failed)`);
+    await new Promise((r) => setTimeout(r, config.startDelayMs));
+  }
+  process.title = config.displayName;
+
+  let pool: DaemonPool;
+  try {
+    pool = new DaemonPool(apachePoolOptions(config, log));
+  } catch (err) {
+    log.log('error', `cannot start: ${(err as Error).message}`);
+    return 2;
+  }
+  let stops = 0;
+  const stop = (why: string) => void pool.stop(why, ++stops > 1);
+  const onTerm = () => stop('SIGTERM');
+  const onInt = () => stop('SIGINT');
+  const onHup = () => pool.reload('SIGHUP');
+  process.on('SIGTERM', onTerm);
+  process.on('SIGINT', onInt);
+  process.on('SIGHUP', onHup);
+  // The Apache parent killed hard leaves us to init: nobody would ever stop us.
+  const parentWatch = setInterval(() => {
+    if (config.parentPid > 0 && process.ppid !== config.parentPid && stops === 0) {
+      log.log('warn', `the Apache parent (pid ${config.parentPid}) is gone; stopping`);
+      stop('the Apache parent is gone');
+    }
+  }, PARENT_POLL_MS);
+  const status = serveStatus(APACHE_STATUS_FD, pool, log);
+  try {
+    try {
+      await pool.start();
+    } catch (err) {
+      log.log('error', `cannot start: ${(err as Error).message}`);
+      await pool.stopped;
+      return 1;
+    }
+    log.log('info', `ready: ${config.processes} process(es) x ${config.threads} thread(s) on fd ${APACHE_LISTEN_FD}`);
+    retirePrevious(config.replaces, log);
+    await pool.stopped;
+    return 0;
+  } finally {
+    clearInterval(parentWatch);
+    status.close();
+    process.off('SIGTERM', onTerm);
+    process.off('SIGINT', onInt);
+    process.off('SIGHUP', onHup);
+  }
+}
+
+const PARENT_POLL_MS = 1000;
+
+if (require.main === module) {
+  if (process.argv[2] === '--apache' && process.argv.length === 3) {
+    void runApacheDaemon().then((code) => process.exit(code));
+  } else {
+    process.stderr.write('usage: node daemon-mode.js --apache   (started by mod_tsgi\'s Apache parent; see docs/daemon.md)\n');
+    process.exitCode = 2;
   }
 }

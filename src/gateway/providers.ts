@@ -4,6 +4,7 @@
  * request names. One provider (a ScriptLoader) per (application group, script, callable,
  * reload), made on first use.
  */
+import { resolve as resolvePath } from 'node:path';
 import { ScriptLoader } from '../loader';
 import type { Application } from '../tsgi';
 import type { ErrorLog } from './log';
@@ -19,8 +20,13 @@ export interface ProvidersOptions {
   onReload?: (script: string) => void;
 }
 
+const PRELOAD_CALLABLE = 'application';
+const PRELOAD_RELOAD = true;
+
 export class Providers {
   private readonly byKey = new Map<string, AppProvider>();
+  /** Loaded at start for no group yet: the first group to ask for the script takes it. */
+  private readonly preloaded = new Map<string, AppProvider>();
   private readonly log: ErrorLog;
   private readonly onReload: ((script: string) => void) | undefined;
 
@@ -33,10 +39,24 @@ export class Providers {
     const key = `${group}\0${script}\0${callable}\0${reload ? 1 : 0}`;
     let p = this.byKey.get(key);
     if (!p) {
-      p = this.make(script, callable, reload);
+      const pre = callable === PRELOAD_CALLABLE && reload === PRELOAD_RELOAD ? this.preloaded.get(resolvePath(script)) : undefined;
+      if (pre) this.preloaded.delete(resolvePath(script));
+      p = pre ?? this.make(script, callable, reload);
       this.byKey.set(key, p);
     }
     return p;
+  }
+
+  /**
+   * Loads `script` now (daemon workers at start), as the default callable with reloading
+   * on (mod_tsgi's defaults), for the first application group that asks for it. Throws the
+   * LoadError; the failure is kept, so that group's requests get it as their 500 without
+   * loading again until the file changes.
+   */
+  preload(script: string): void {
+    const p = this.make(script, PRELOAD_CALLABLE, PRELOAD_RELOAD);
+    this.preloaded.set(resolvePath(script), p);
+    p.resolve();
   }
 
   private make(script: string, callable: string, reload: boolean): AppProvider {

@@ -25,6 +25,7 @@
 #include "apr_tables.h"
 
 #include "embed.h"
+#include "daemon.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -35,6 +36,8 @@
 
 #define TSGI_HANDLER "tsgi-script"
 #define TSGI_HANDLER_MIME "application/x-httpd-tsgi"
+#define TSGI_STATUS_HANDLER "tsgi-status"
+#define TSGI_GLOBAL_GROUP "%{GLOBAL}"
 #define TSGI_DEFAULT_CALLABLE "application"
 #define TSGILOG(n) "TSGI" #n ": "
 
@@ -56,11 +59,14 @@ typedef struct {
     const char *application_group; /* application-group= option, NULL when not given */
     const char *callable_object;   /* callable-object= option */
     int pass_authorization;        /* pass-authorization= option, TSGI_UNSET */
+    const char *process_group;     /* process-group= option, NULL when not given */
+    const char *defined_at;        /* "file:line", for messages */
 } tsgi_alias_t;
 
 typedef struct {
     apr_array_header_t *aliases; /* of tsgi_alias_t */
     int event_loop_timeout;      /* TSGIEventLoopTimeout (main server only), TSGI_UNSET */
+    int restrict_embedded;       /* TSGIRestrictEmbedded (main server only), TSGI_UNSET */
 } tsgi_server_conf_t;
 
 /* Per-directory; also the server-wide defaults (directives given outside any container). */
@@ -69,6 +75,7 @@ typedef struct {
     int script_reloading;          /* TSGIScriptReloading, default On */
     int pass_authorization;        /* TSGIPassAuthorization, default Off */
     const char *application_group; /* TSGIApplicationGroup, default %{RESOURCE} */
+    const char *process_group;     /* TSGIProcessGroup, default %{GLOBAL} (embedded) */
 } tsgi_dir_conf_t;
 
 static void *tsgi_create_server_conf(apr_pool_t *p, server_rec *s)
@@ -77,6 +84,7 @@ static void *tsgi_create_server_conf(apr_pool_t *p, server_rec *s)
     (void)s;
     conf->aliases = apr_array_make(p, 4, sizeof(tsgi_alias_t));
     conf->event_loop_timeout = TSGI_UNSET;
+    conf->restrict_embedded = TSGI_UNSET;
     return conf;
 }
 
@@ -87,6 +95,7 @@ static void *tsgi_merge_server_conf(apr_pool_t *p, void *base_, void *add_)
     /* As mod_alias and mod_wsgi: the virtual host's aliases first, then the main server's. */
     conf->aliases = apr_array_append(p, add->aliases, base->aliases);
     conf->event_loop_timeout = base->event_loop_timeout;
+    conf->restrict_embedded = base->restrict_embedded;
     return conf;
 }
 
@@ -109,6 +118,7 @@ static void *tsgi_merge_dir_conf(apr_pool_t *p, void *base_, void *add_)
     conf->script_reloading = add->script_reloading != TSGI_UNSET ? add->script_reloading : base->script_reloading;
     conf->pass_authorization = add->pass_authorization != TSGI_UNSET ? add->pass_authorization : base->pass_authorization;
     conf->application_group = add->application_group ? add->application_group : base->application_group;
+    conf->process_group = add->process_group ? add->process_group : base->process_group;
     return conf;
 }
 
@@ -170,6 +180,63 @@ static const char *tsgi_check_application_group(cmd_parms *cmd, const char *what
                         what, value);
 }
 
+static const char *tsgi_config_location(cmd_parms *cmd)
+{
+    if (cmd->directive && cmd->directive->filename)
+        return apr_psprintf(cmd->pool, "%s:%d", cmd->directive->filename, cmd->directive->line_num);
+    return "(unknown)";
+}
+
+/*
+ * Process-group references, checked once the whole configuration is read (a group may be
+ * defined after the lines that use it): tsgi_check_config. In .htaccess files, read per
+ * request, the groups in force are known, so those are checked at once.
+ */
+typedef struct {
+    const char *name;
+    const char *where; /* "file:line" */
+    const char *directive;
+} tsgi_group_ref_t;
+
+static apr_array_header_t *tsgi_group_refs; /* of tsgi_group_ref_t, in pconf */
+
+static int tsgi_is_group_name(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++) {
+        if (!(apr_isalnum(*s) || *s == '_' || *s == '-' || *s == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+static const char *tsgi_check_process_group(cmd_parms *cmd, const char *what, const char *value)
+{
+    tsgi_group_ref_t *ref;
+    if (!strcmp(value, TSGI_GLOBAL_GROUP))
+        return NULL;
+    if (!tsgi_is_group_name(value)) {
+        return apr_psprintf(cmd->pool,
+                            "%s: invalid process group '%s' (expected the name of a "
+                            "TSGIDaemonProcess, or %%{GLOBAL} for embedded mode)",
+                            what, value);
+    }
+    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_RUN_MPM) {
+        /* .htaccess: the configuration in force is complete. */
+        if (!tsgi_daemon_find(value))
+            return apr_psprintf(cmd->pool, "%s: no TSGIDaemonProcess named '%s' is defined", what, value);
+        return NULL;
+    }
+    if (!tsgi_group_refs)
+        tsgi_group_refs = apr_array_make(cmd->pool, 4, sizeof(tsgi_group_ref_t));
+    ref = apr_array_push(tsgi_group_refs);
+    ref->name = value;
+    ref->where = tsgi_config_location(cmd);
+    ref->directive = what;
+    return NULL;
+}
+
 /* Parses the key=value options after the target of TSGIScriptAlias(Match). */
 static const char *tsgi_parse_alias_option(cmd_parms *cmd, tsgi_alias_t *alias, const char *option)
 {
@@ -180,7 +247,7 @@ static const char *tsgi_parse_alias_option(cmd_parms *cmd, tsgi_alias_t *alias, 
     if (!eq || eq == option) {
         return apr_psprintf(cmd->pool,
                             "%s: unexpected argument '%s' (options are application-group=, "
-                            "callable-object= and pass-authorization=)",
+                            "callable-object=, pass-authorization= and process-group=)",
                             directive, option);
     }
     key = apr_pstrmemdup(cmd->pool, option, eq - option);
@@ -204,25 +271,18 @@ static const char *tsgi_parse_alias_option(cmd_parms *cmd, tsgi_alias_t *alias, 
             return err;
     }
     else if (!strcasecmp(key, "process-group")) {
-        return apr_psprintf(cmd->pool,
-                            "%s: process-group=%s: daemon mode is not available in this "
-                            "build of mod_tsgi yet; remove the option to run embedded",
-                            directive, value);
+        const char *what = apr_pstrcat(cmd->pool, directive, " process-group=", NULL);
+        if ((err = tsgi_check_process_group(cmd, what, value)) != NULL)
+            return err;
+        alias->process_group = value;
     }
     else {
         return apr_psprintf(cmd->pool,
                             "%s: unknown option '%s' (options are application-group=, "
-                            "callable-object= and pass-authorization=)",
+                            "callable-object=, pass-authorization= and process-group=)",
                             directive, key);
     }
     return NULL;
-}
-
-static const char *tsgi_config_location(cmd_parms *cmd)
-{
-    if (cmd->directive && cmd->directive->filename)
-        return apr_psprintf(cmd->pool, "%s:%d", cmd->directive->filename, cmd->directive->line_num);
-    return "(unknown)";
 }
 
 /* The target is a file system path; relative ones are taken from the ServerRoot. */
@@ -287,6 +347,7 @@ static const char *tsgi_cmd_script_alias(cmd_parms *cmd, void *mconfig, int argc
     alias->location = url;
     alias->target = target;
     alias->pass_authorization = TSGI_UNSET;
+    alias->defined_at = tsgi_config_location(cmd);
     for (i = 2; i < argc; i++) {
         if ((err = tsgi_parse_alias_option(cmd, alias, argv[i])) != NULL)
             return err;
@@ -347,6 +408,7 @@ static const char *tsgi_cmd_script_alias_match(cmd_parms *cmd, void *mconfig, in
     alias->regexp = re;
     alias->target = target;
     alias->pass_authorization = TSGI_UNSET;
+    alias->defined_at = tsgi_config_location(cmd);
     for (i = 2; i < argc; i++) {
         if ((err = tsgi_parse_alias_option(cmd, alias, argv[i])) != NULL)
             return err;
@@ -417,10 +479,42 @@ static const char *tsgi_cmd_event_loop_timeout(cmd_parms *cmd, void *mconfig, co
     return NULL;
 }
 
+static const char *tsgi_cmd_process_group(cmd_parms *cmd, void *mconfig, const char *value)
+{
+    tsgi_dir_conf_t *dconf = mconfig;
+    const char *err = tsgi_check_process_group(cmd, "TSGIProcessGroup", value);
+    if (err)
+        return err;
+    dconf->process_group = value;
+    return NULL;
+}
+
+static const char *tsgi_cmd_daemon_process(cmd_parms *cmd, void *mconfig, int argc, char *const argv[])
+{
+    (void)mconfig;
+    return tsgi_daemon_cmd(cmd, argc, argv);
+}
+
+static const char *tsgi_cmd_socket_prefix(cmd_parms *cmd, void *mconfig, const char *value)
+{
+    (void)mconfig;
+    return tsgi_daemon_cmd_socket_prefix(cmd, value);
+}
+
+static const char *tsgi_cmd_restrict_embedded(cmd_parms *cmd, void *mconfig, const char *value)
+{
+    tsgi_server_conf_t *sconf = ap_get_module_config(cmd->server->module_config, &tsgi_module);
+    const char *err;
+    (void)mconfig;
+    if ((err = ap_check_cmd_context(cmd, GLOBAL_ONLY)) != NULL)
+        return err;
+    return tsgi_parse_flag(cmd, "TSGIRestrictEmbedded", value, &sconf->restrict_embedded);
+}
+
 static const command_rec tsgi_commands[] = {
     AP_INIT_TAKE_ARGV("TSGIScriptAlias", tsgi_cmd_script_alias, NULL, RSRC_CONF,
                       "URL-path, script file or directory, [application-group=name] "
-                      "[callable-object=name] [pass-authorization=On|Off]"),
+                      "[callable-object=name] [pass-authorization=On|Off] [process-group=name]"),
     AP_INIT_TAKE_ARGV("TSGIScriptAliasMatch", tsgi_cmd_script_alias_match, NULL, RSRC_CONF,
                       "regular expression, script path (may use $1..$9), [options as "
                       "TSGIScriptAlias]"),
@@ -436,6 +530,18 @@ static const command_rec tsgi_commands[] = {
     AP_INIT_TAKE1("TSGIEventLoopTimeout", tsgi_cmd_event_loop_timeout, NULL, RSRC_CONF,
                   "seconds a Node event loop may stay blocked while requests wait before they get 504 "
                   "and its environment is re-created (default 30), or Off"),
+    AP_INIT_TAKE_ARGV("TSGIDaemonProcess", tsgi_cmd_daemon_process, NULL, RSRC_CONF,
+                      "name [option=value ...]: a group of daemon processes Apache starts and "
+                      "supervises (docs/directives.md)"),
+    AP_INIT_TAKE1("TSGIProcessGroup", tsgi_cmd_process_group, NULL, OR_FILEINFO,
+                  "the TSGIDaemonProcess group that runs scripts here, or %{GLOBAL} (default) "
+                  "for embedded mode"),
+    AP_INIT_TAKE1("TSGIRestrictEmbedded", tsgi_cmd_restrict_embedded, NULL, RSRC_CONF,
+                  "On to refuse (500) requests not delegated to a daemon group and not start "
+                  "the embedded runtime (default Off)"),
+    AP_INIT_TAKE1("TSGISocketPrefix", tsgi_cmd_socket_prefix, NULL, RSRC_CONF,
+                  "directory and name prefix of the daemon sockets (default "
+                  "DefaultRuntimeDir/tsgi)"),
     {NULL}
 };
 
@@ -608,6 +714,27 @@ static int tsgi_script_reloading(request_rec *r)
 {
     const tsgi_dir_conf_t *dconf = tsgi_dir_conf(r);
     return dconf->script_reloading != TSGI_UNSET ? dconf->script_reloading : 1;
+}
+
+/* The daemon group's name for this request, or NULL for embedded mode. */
+static const char *tsgi_process_group(request_rec *r, const tsgi_request_t *req)
+{
+    const tsgi_dir_conf_t *dconf = tsgi_dir_conf(r);
+    const char *name = NULL;
+    if (req->alias && req->alias->process_group)
+        name = req->alias->process_group;
+    else if (dconf->process_group)
+        name = dconf->process_group;
+    if (!name || !strcmp(name, TSGI_GLOBAL_GROUP))
+        return NULL;
+    return name;
+}
+
+static int tsgi_restrict_embedded(request_rec *r)
+{
+    /* Main-server only; the merge copies it into every virtual host. */
+    const tsgi_server_conf_t *sconf = ap_get_module_config(r->server->module_config, &tsgi_module);
+    return sconf->restrict_embedded == 1;
 }
 
 /* "host[:port]" as mod_wsgi names a server: the port is left out when it is 80 or 443. */
@@ -802,7 +929,10 @@ static int tsgi_fixups(request_rec *r)
     tsgi_compute_script_name(r, req);
     apr_table_setn(r->subprocess_env, "mod_tsgi.script_name", req->script_name);
     apr_table_setn(r->subprocess_env, "mod_tsgi.path_info", req->path_info);
-    apr_table_setn(r->subprocess_env, "mod_tsgi.process_group", "");
+    {
+        const char *group = tsgi_process_group(r, req);
+        apr_table_setn(r->subprocess_env, "mod_tsgi.process_group", group ? group : "");
+    }
     apr_table_setn(r->subprocess_env, "mod_tsgi.application_group", tsgi_application_group(r, req));
     apr_table_setn(r->subprocess_env, "mod_tsgi.callable_object", tsgi_callable_object(r, req));
     apr_table_setn(r->subprocess_env, "mod_tsgi.script_reloading", tsgi_script_reloading(r) ? "1" : "0");
@@ -813,9 +943,12 @@ static int tsgi_handler(request_rec *r)
 {
     tsgi_request_t *req;
     tsgi_embed_request_t er;
-    const char *url_scheme;
+    const char *url_scheme, *group_name;
+    tsgi_daemon_group_t *group = NULL;
     apr_table_t *environ;
 
+    if (r->handler && !strcmp(r->handler, TSGI_STATUS_HANDLER))
+        return tsgi_daemon_status_handler(r);
     if (!tsgi_is_our_handler(r))
         return DECLINED;
     req = tsgi_request(r);
@@ -847,6 +980,24 @@ static int tsgi_handler(request_rec *r)
         return HTTP_NOT_FOUND;
     }
 
+    group_name = tsgi_process_group(r, req);
+    if (group_name) {
+        group = tsgi_daemon_find(group_name);
+        if (!group) {
+            /* Only .htaccess or %{...} can get here: the configuration files are checked. */
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                          TSGILOG(0008) "no TSGIDaemonProcess named '%s' for %s", group_name, r->filename);
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+    else if (tsgi_restrict_embedded(r)) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      TSGILOG(0009) "TSGIRestrictEmbedded On: %s is not delegated to a daemon "
+                      "process group (TSGIProcessGroup or process-group=)",
+                      r->filename);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     tsgi_compute_script_name(r, req);
     environ = tsgi_build_environ(r, req, &url_scheme);
     if (APLOGrtrace2(r)) {
@@ -868,21 +1019,94 @@ static int tsgi_handler(request_rec *r)
     er.callable = tsgi_callable_object(r, req);
     er.application_group = tsgi_application_group(r, req);
     er.script_reloading = tsgi_script_reloading(r);
+    if (group)
+        return tsgi_daemon_forward(&er, group);
     return tsgi_embed_handle(&er);
+}
+
+static int tsgi_pre_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp)
+{
+    (void)plog;
+    (void)ptemp;
+    tsgi_group_refs = apr_array_make(pconf, 4, sizeof(tsgi_group_ref_t));
+    tsgi_daemon_pre_config(pconf);
+    return OK;
+}
+
+/* Every process-group reference names a defined group (also for `apachectl -t`). */
+static int tsgi_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+{
+    int i, bad = 0;
+    (void)pconf;
+    (void)plog;
+    (void)ptemp;
+    for (i = 0; tsgi_group_refs && i < tsgi_group_refs->nelts; i++) {
+        const tsgi_group_ref_t *ref = &APR_ARRAY_IDX(tsgi_group_refs, i, tsgi_group_ref_t);
+        if (!tsgi_daemon_find(ref->name)) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                         TSGILOG(0010) "%s: %s: no TSGIDaemonProcess named '%s' is defined", ref->where,
+                         ref->directive, ref->name);
+            bad = 1;
+        }
+    }
+    return bad ? HTTP_INTERNAL_SERVER_ERROR : OK;
+}
+
+static void tsgi_preload_add(tsgi_daemon_group_t *g, apr_pool_t *p, const char *script)
+{
+    int i;
+    for (i = 0; i < g->preload->nelts; i++) {
+        if (!strcmp(APR_ARRAY_IDX(g->preload, i, const char *), script))
+            return;
+    }
+    APR_ARRAY_PUSH(g->preload, const char *) = apr_pstrdup(p, script);
+}
+
+/*
+ * The scripts each group serves that are known from the configuration: file targets of
+ * TSGIScriptAlias (the alias's process-group= or the server's TSGIProcessGroup). The
+ * daemons load them at start, so the first request does not pay for it.
+ */
+static void tsgi_collect_preload(apr_pool_t *p, server_rec *main_server)
+{
+    server_rec *s;
+    for (s = main_server; s; s = s->next) {
+        const tsgi_server_conf_t *sconf = ap_get_module_config(s->module_config, &tsgi_module);
+        const tsgi_dir_conf_t *dconf = ap_get_module_config(s->lookup_defaults, &tsgi_module);
+        const tsgi_alias_t *aliases = (const tsgi_alias_t *)sconf->aliases->elts;
+        int i;
+        for (i = 0; i < sconf->aliases->nelts; i++) {
+            const tsgi_alias_t *a = &aliases[i];
+            const char *name = a->process_group ? a->process_group : dconf->process_group;
+            tsgi_daemon_group_t *g;
+            apr_size_t tlen = strlen(a->target);
+            if (a->regexp || tlen == 0 || a->target[tlen - 1] == '/' || !name)
+                continue;
+            if ((g = tsgi_daemon_find(name)) != NULL)
+                tsgi_preload_add(g, p, a->target);
+        }
+    }
 }
 
 static int tsgi_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
 {
-    (void)plog;
-    (void)ptemp;
+    int rc;
     ap_add_version_component(pconf, "mod_tsgi/" TSGI_VERSION);
-    return tsgi_embed_post_config(pconf, s);
+    if ((rc = tsgi_embed_post_config(pconf, s)) != OK)
+        return rc;
+    tsgi_collect_preload(pconf, s);
+    return tsgi_daemon_post_config(pconf, plog, ptemp, s);
 }
 
 static void tsgi_child_init(apr_pool_t *pchild, server_rec *s)
 {
     const tsgi_server_conf_t *sconf = ap_get_module_config(s->module_config, &tsgi_module);
     tsgi_embed_config_t cfg;
+    tsgi_daemon_child_init(pchild, s);
+    /* TSGIRestrictEmbedded On: no request can run embedded, so the runtime (and its
+     * memory in every child) is not started at all. */
+    if (sconf->restrict_embedded == 1)
+        return;
     cfg.event_loop_timeout =
         sconf->event_loop_timeout == TSGI_UNSET ? TSGI_DEFAULT_EVENT_LOOP_TIMEOUT : sconf->event_loop_timeout;
     tsgi_embed_child_init(pchild, s, &cfg);
@@ -902,6 +1126,8 @@ static void tsgi_register_hooks(apr_pool_t *p)
     static const char *const after_us[] = {"mod_userdir.c", "mod_vhost_alias.c", NULL};
     (void)p;
 
+    ap_hook_pre_config(tsgi_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_check_config(tsgi_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(tsgi_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(tsgi_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_stopping(tsgi_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
@@ -909,6 +1135,30 @@ static void tsgi_register_hooks(apr_pool_t *p)
     ap_hook_fixups(tsgi_fixups, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(tsgi_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }
+
+#ifdef TSGI_NO_DAEMON_CLIENT
+/* Until native/daemon_client.c is part of the build: delegated requests get a clear 503. */
+void tsgi_daemon_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    (void)pchild;
+    (void)s;
+}
+
+int tsgi_daemon_forward(const tsgi_embed_request_t *req, tsgi_daemon_group_t *group)
+{
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r,
+                  TSGILOG(0011) "daemon mode: this build has no daemon client: cannot forward %s to "
+                  "group '%s'",
+                  req->script, group->name);
+    return HTTP_SERVICE_UNAVAILABLE;
+}
+
+int tsgi_daemon_status_handler(request_rec *r)
+{
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, TSGILOG(0012) "tsgi-status: this build has no daemon client");
+    return HTTP_SERVICE_UNAVAILABLE;
+}
+#endif
 
 AP_DECLARE_MODULE(tsgi) = {
     STANDARD20_MODULE_STUFF,

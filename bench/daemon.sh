@@ -23,6 +23,9 @@
 # Usage: sudo bash bench/daemon.sh
 # Env:   ROUNDS=3 DURATION=10s CONNS=32 THREADS=1 WARMUP=2s QUIET_WAIT=15 QUIET_PCT=10
 #        CONFIGS="static tsgi-daemon wsgi-daemon passenger proxy-node" SKIP_BUILD=0 OUT=docs/benchmarks.md
+#        PROFILE=1: a diagnosis run, not a measurement: tsgi-daemon only, one round, the daemon
+#        workers under `node --cpu-prof` and (if perf exists) `perf record` of the instance's
+#        processes during the main run; prints where the time goes and writes no OUT.
 # Rewrites only the part of OUT between <!-- bench:daemon --> and <!-- /bench:daemon -->
 # (appended if missing). Not part of `npm test`.
 set -euo pipefail
@@ -39,6 +42,8 @@ QUIET_WAIT="${QUIET_WAIT:-15}"   # seconds to wait at most for a quiet machine b
 QUIET_PCT="${QUIET_PCT:-10}"     # "quiet": the machine's CPU use <= this % of all vCPUs (1 s sample)
 OUT="${OUT:-docs/benchmarks.md}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
+PROFILE="${PROFILE:-0}"
+if [ "$PROFILE" = 1 ]; then ROUNDS=1; CONFIGS="${CONFIGS:-tsgi-daemon}"; fi
 read -r -a CONFIGS <<<"${CONFIGS:-static tsgi-daemon wsgi-daemon passenger proxy-node}"
 BODY=$'Hello World!\n'
 PROCS=2          # daemon processes on every side
@@ -297,7 +302,12 @@ EOF
       tsgi-daemon)
         echo "$TSGI_LOADMODULE"
         echo "TSGISocketPrefix $root/tsgi"
-        echo "TSGIDaemonProcess bench processes=$PROCS threads=$DTHREADS"
+        if [ "$PROFILE" = 1 ]; then
+          mkdir -p "$root/prof"; chown "$RUNAS:$RUNAS" "$root/prof"
+          echo "TSGIDaemonProcess bench processes=$PROCS threads=$DTHREADS \"node-options=--cpu-prof --cpu-prof-dir=$root/prof\""
+        else
+          echo "TSGIDaemonProcess bench processes=$PROCS threads=$DTHREADS"
+        fi
         echo "TSGIProcessGroup bench"
         echo "TSGIRestrictEmbedded On"
         echo "TSGIScriptAlias / $REPO/examples/hello.tsgi"
@@ -428,8 +438,15 @@ for round in $(seq 1 "$ROUNDS"); do
     procs="$(classify "$ppid" "$root")"
     all_before="$ppid $(awk '{print $2}' <<<"$procs" | tr '\n' ' ')"
     t0="$(ticks_of $all_before)"
+    PERF_PID=""
+    if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
+      perf record -q -g -o "$root/perf.data" -p "$(echo $all_before | tr ' ' ,)" >"$root/perf.out" 2>&1 &
+      PERF_PID=$!
+      sleep 0.5
+    fi
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" >"$root/wrk.txt" 2>&1
     t1="$(ticks_of $all_before)"
+    if [ -n "$PERF_PID" ]; then kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true; fi
     procs="$(classify "$ppid" "$root")"
     read -r ma_n ma_kb _ <<<"$(mem_of $(kind_pids mpm <<<"$procs"))"
     read -r da_n da_kb da_pss <<<"$(mem_of $(kind_pids daemon <<<"$procs"))"
@@ -455,6 +472,28 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 left="$(pids_under_tmp)"; [ -z "$left" ] || { log "killing leftovers: $(echo $left)"; kill -9 $left 2>/dev/null || true; }
+
+if [ "$PROFILE" = 1 ]; then
+  for cfg in "${CONFIGS[@]}"; do
+    root="$TMP/r1-$cfg"
+    log "$cfg: $(awk -F'\t' -v c="$cfg" '$2 == c {print $3 " req/s, " $18 " us CPU/req (profiled, so slower than a measurement)"}' "$RESULTS")"
+    if [ -f "$root/perf.data" ]; then
+      echo "== perf: CPU samples by process and object ($cfg, main run) =="
+      perf report -i "$root/perf.data" -g none --no-children --percent-limit 0.3 --sort comm,dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
+      echo "== perf: top symbols =="
+      perf report -i "$root/perf.data" -g none --no-children --percent-limit 0.3 --sort comm,dso,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40
+    fi
+    if ls "$root"/prof/*.cpuprofile >/dev/null 2>&1; then
+      echo "== node --cpu-prof of the daemon processes ($cfg; warm-up, main run and idle time) =="
+      node "$REPO/bench/apps/cpuprofile-top.js" --top 40 "$root"/prof/*.cpuprofile
+    elif [ "$cfg" = tsgi-daemon ]; then
+      log "no .cpuprofile in $root/prof (workers write it only when they exit normally)"
+    fi
+  done
+  KEEP_TMP=1
+  log "PROFILE=1: nothing written to $OUT; raw data kept in $TMP"
+  exit 0
+fi
 
 # ---- report ------------------------------------------------------------------------------------
 ELAPSED=$SECONDS

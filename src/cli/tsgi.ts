@@ -5,11 +5,13 @@
  *   express start-server|setup-server APP.tsgi [...]   a private Apache with mod_tsgi
  *   express module-config|install-module               mod_tsgi for the system Apache
  *   daemon APP.tsgi --listen ... --protocol ...        the daemon pool for lighttpd/nginx/mod_proxy
+ *   status [--socket-prefix PREFIX] [--json]           Apache daemon-mode groups: processes, requests, RSS
  */
 import { daemonCommand } from './daemon';
 import { expressCommand } from './express';
 import { moduleConfigCommand } from './module-config';
 import { serveCommand } from './serve';
+import { statusCommand } from './status';
 
 const USAGE = `usage: tsgi <command> [options]
 
@@ -39,6 +41,10 @@ commands:
       Runs APP.tsgi in a supervised pool of worker processes behind a socket, for
       lighttpd, nginx or Apache's mod_proxy_*; logs on stderr. SIGTERM stops
       gracefully, SIGHUP reloads gracefully. See docs/daemon.md.
+  status [--socket-prefix PREFIX] [--json]
+      Shows each mod_tsgi daemon-mode group (TSGIDaemonProcess): per process its pid,
+      state, requests, in-flight requests, RSS and uptime. PREFIX is TSGISocketPrefix
+      (default /var/run/apache2/tsgi) or a directory. Needs root or the daemon's user.
 `;
 
 export async function main(argv: string[] = process.argv.slice(2)): Promise<number> {
@@ -52,6 +58,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
       return expressCommand(rest);
     case 'daemon':
       return daemonCommand(rest);
+    case 'status':
+      return statusCommand(rest);
     case undefined:
     case '-h':
     case '--help':

@@ -10,14 +10,15 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
 import { configtest, startApache, freePort, makeReadableTempDir, request } from '../harness';
-import { ensureModTsgi, MOD_TSGI_SO } from '../helpers/mod-tsgi';
+import { ensureMode, MOD_TSGI_SO } from '../helpers/mod-tsgi';
 import { ROOT, TSGI_BIN } from '../helpers/serve';
 
 const HELLO = join(ROOT, 'examples', 'hello.tsgi');
 const uid = process.getuid?.() ?? 0;
 
 beforeAll(() => {
-  ensureModTsgi();
+  // The module, and dist/ compiled from the current sources (the bin and daemon mode run it).
+  ensureMode('daemon');
 }, 600_000);
 
 /** Live processes whose command line contains `marker` (apache2 has `-d ROOT -f ROOT/httpd.conf` in it). */
@@ -85,6 +86,30 @@ async function exitWithin(e: Express, ms: number) {
   ]);
 }
 
+/**
+ * Daemon mode: live processes of the daemon group of server root `root`. They run in a
+ * session of their own (not Apache's group) as `node .../daemon-mode.js`, and the config
+ * `tsgi express` writes puts TSGI_EXPRESS_ROOT=<root> in their environment.
+ */
+function daemonProcesses(root: string): number[] {
+  const out: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      const state = stat.slice(stat.lastIndexOf(')') + 2)[0];
+      if (state === 'Z' || state === 'X') continue;
+      if (fs.readFileSync(`/proc/${name}/environ`, 'utf8').split('\0').includes(`TSGI_EXPRESS_ROOT=${root}`)) out.push(Number(name));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return out;
+}
+
+/** Every process of a server root: Apache's (by command line) and its daemons' (by environment). */
+const serverProcesses = (root: string) => [...processesMentioning(`${root}/`), ...daemonProcesses(root)];
+
 afterEach(async () => {
   // A failed test must not leave Apache behind: SIGKILL on tsgi makes its watchdog stop
   // Apache's group; anything still mentioning a server root is killed here.
@@ -92,8 +117,8 @@ afterEach(async () => {
     if (e.child.exitCode === null && e.child.signalCode === null) e.child.kill('SIGKILL');
   }
   for (const root of roots.splice(0)) {
-    for (let i = 0; i < 100 && processesMentioning(`${root}/`).length > 0; i++) await new Promise((r) => setTimeout(r, 50));
-    for (const pid of processesMentioning(`${root}/`)) process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 100 && serverProcesses(root).length > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    for (const pid of serverProcesses(root)) process.kill(pid, 'SIGKILL');
     fs.rmSync(root, { recursive: true, force: true });
   }
 });
@@ -179,12 +204,10 @@ describe('tsgi express start-server', () => {
     }
   }, 60_000);
 
-  it('refuses --mode daemon with a clear message', async () => {
-    const e = runExpress(['start-server', 'examples/hello.tsgi', '--mode', 'daemon']);
+  it('refuses an unknown --mode with a clear message', async () => {
+    const e = runExpress(['start-server', 'examples/hello.tsgi', '--mode', 'wsgi']);
     expect(await exitWithin(e, 10_000)).toEqual({ code: 2, signal: null });
-    expect(e.stderr()).toBe(
-      'tsgi express: --mode daemon is not available yet: daemon mode comes in a later release. Use --mode embedded (the default).\n',
-    );
+    expect(e.stderr()).toBe('tsgi express: --mode must be embedded or daemon, got "wsgi"\n');
   });
 
   it('refuses a missing app and bad options before starting anything', async () => {
@@ -483,6 +506,192 @@ describe('tsgi express setup-server', () => {
   }, 60_000);
 });
 
+/** Reports where it runs: the process group, its pid and parent, its user, and a version. */
+const whereApp = (v: string) => `export function application(environ: any, startResponse: any) {
+  startResponse('200 OK', [['Content-Type', 'application/json']]);
+  return [JSON.stringify({
+    version: '${v}', group: environ['mod_tsgi.process_group'], pid: process.pid, ppid: process.ppid,
+    uid: process.getuid(), multiprocess: environ['tsgi.multiprocess'], PATH_INFO: environ.PATH_INFO,
+  })];
+}
+`;
+
+interface Where {
+  version: string;
+  group: string;
+  pid: number;
+  ppid: number;
+  uid: number;
+  multiprocess: boolean;
+  PATH_INFO: string;
+}
+
+const cmdline = (pid: number) => {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  } catch {
+    return null;
+  }
+};
+
+/** `ps` rows (pid, pgid, sid, command) of the given pids that still exist. */
+function psRows(pids: number[]): string {
+  const r = spawnSync('ps', ['-o', 'pid=,pgid=,sid=,args=', '-p', pids.join(',')], { encoding: 'utf8' });
+  return r.stdout.trim();
+}
+
+describe('tsgi express --mode daemon', () => {
+  it('serves the app from a daemon group (not an Apache child), shows the banner, and Ctrl-C leaves nothing behind', async () => {
+    const dir = appDir({ 'app/where.tsgi': whereApp('v1'), 'static/s.txt': 'static\n' });
+    const serverRoot = join(dir, 'root');
+    roots.push(serverRoot);
+    try {
+      const port = await freePort();
+      const app = join(dir, 'app', 'where.tsgi');
+      const e = runExpress([
+        'start-server', app, '--mode', 'daemon', '--port', String(port), '--server-root', serverRoot,
+        '--processes', '2', '--threads', '3', '--request-timeout', '40', '--server-status', '--url-alias', '/static', join(dir, 'static'),
+      ]);
+      await e.waitFor('stderr', /Press Ctrl-C to stop\./, 60_000);
+      const prefix = join(serverRoot, 'tsgi');
+      const banner = e.stderr().slice(e.stderr().indexOf('tsgi express: serving'));
+      expect(banner).toContain(`tsgi express: serving ${app}\n`);
+      expect(banner).toMatch(new RegExp(`URL: +http://127\\.0\\.0\\.1:${port}/\\n`));
+      expect(banner).toContain(
+        "  Mode:        daemon (process group where: Node processes started and supervised by Apache; no Node inside Apache's children)\n",
+      );
+      expect(banner).toContain('  Capacity:    2 processes x 3 threads (6 requests at once); Apache in front: 1 process x 10 threads, event MPM\n');
+      expect(banner).toContain(
+        '  Timeouts:    request 40 s, queue 30 s, daemon start-up 30 s, keep-alive 2 s, request headers 15-30 s, body 15 s, graceful stop 15 s\n',
+      );
+      expect(banner).toContain(`  Daemon:      ${process.execPath}${uid === 0 ? ', runs as www-data' : ''}\n`);
+      expect(banner).toContain(`  Sockets:     ${prefix}.<pid>.<n>.sock (TSGISocketPrefix)\n`);
+      expect(banner).toContain(`  Pool status: npx tsgi status --socket-prefix ${prefix}\n`);
+      expect(banner).toContain(`  Status:      http://127.0.0.1:${port}/tsgi-status (the daemon group; local clients)\n`);
+      expect(banner).toContain("  Error log:   this terminal (stderr), LogLevel info (Apache's and the daemon group's)\n");
+
+      const conf = fs.readFileSync(join(serverRoot, 'httpd.conf'), 'utf8');
+      expect(conf).toMatch(/^TSGIDaemonProcess where processes=2 threads=3 request-timeout=40 /m);
+      expect(conf).toMatch(/^TSGIRestrictEmbedded On$/m);
+
+      // The app runs in the daemon group: its pid is a node process outside Apache.
+      const seen = new Map<number, Where>();
+      for (let i = 0; i < 8; i++) {
+        const r = await request(`http://127.0.0.1:${port}/p/${i}`);
+        expect(r.status, e.stderr()).toBe(200);
+        const w = JSON.parse(r.text) as Where;
+        expect(w).toMatchObject({ version: 'v1', group: 'where', PATH_INFO: `/p/${i}`, multiprocess: true });
+        seen.set(w.pid, w);
+      }
+      const apache = processesMentioning(`${serverRoot}/`);
+      expect(apache.length).toBeGreaterThanOrEqual(2); // the parent and a child
+      const daemons = daemonProcesses(serverRoot);
+      const www = Number(spawnSync('id', ['-u', 'www-data'], { encoding: 'utf8' }).stdout.trim());
+      for (const [pid, w] of seen) {
+        expect(apache, `pid ${pid} is an Apache process`).not.toContain(pid);
+        expect(cmdline(pid)?.[0]).not.toMatch(/apache2/);
+        expect(daemons).toContain(pid);
+        expect(daemons).toContain(w.ppid); // its supervisor, also the group's
+        expect(w.uid).toBe(uid === 0 ? www : uid);
+      }
+      // Static files beside it are Apache's own.
+      expect((await request(`http://127.0.0.1:${port}/static/s.txt`)).text).toBe('static\n');
+      // The group's status: at /tsgi-status and from `tsgi status` on the socket prefix.
+      const st = await request(`http://127.0.0.1:${port}/tsgi-status?json`);
+      expect(st.status, st.text).toBe(200);
+      expect(st.text).toContain('"where"');
+      for (const pid of seen.keys()) expect(st.text).toContain(String(pid));
+      const status = run(process.execPath, [TSGI_BIN, 'status', '--socket-prefix', prefix]);
+      expect(status.code, status.output).toBe(0);
+      expect(status.stdout).toContain('where');
+      for (const pid of seen.keys()) expect(status.stdout).toContain(String(pid));
+
+      const all = [...apache, ...daemons];
+      e.child.kill('SIGINT');
+      expect(await exitWithin(e, 40_000)).toEqual({ code: 0, signal: null });
+      expect(e.stderr()).toContain('tsgi express: SIGINT: graceful stop');
+      expect(e.stderr()).toContain('tsgi express: Apache stopped\n');
+      expect(e.stderr()).not.toContain('killed leftover');
+      // Nothing of it is left: not by command line, not by environment, not by pid.
+      expect(processesMentioning(`${serverRoot}/`)).toEqual([]);
+      expect(daemonProcesses(serverRoot)).toEqual([]);
+      expect(psRows(all)).toBe('');
+      expect(fs.readdirSync(serverRoot).filter((f) => /\.(sock|status)$/.test(f))).toEqual([]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
+  it('--reload-on-changes: an edit recycles the group and the next request gets the new code', async () => {
+    const dir = appDir({ 'v.tsgi': whereApp('v1') });
+    const serverRoot = join(dir, 'root');
+    roots.push(serverRoot);
+    try {
+      const port = await freePort();
+      const e = runExpress(['start-server', join(dir, 'v.tsgi'), '--mode', 'daemon', '--port', String(port), '--server-root', serverRoot, '--reload-on-changes']);
+      await e.waitFor('stderr', /Press Ctrl-C to stop\./, 60_000);
+      expect(e.stderr()).toMatch(/Reloading: +on: an edit to the app recycles the daemon group/);
+      const before = JSON.parse((await request(`http://127.0.0.1:${port}/`)).text) as Where;
+      expect(before).toMatchObject({ version: 'v1', group: 'v' });
+      fs.writeFileSync(join(dir, 'v.tsgi'), whereApp('v2'));
+      const later = new Date(Date.now() + 5000);
+      fs.utimesSync(join(dir, 'v.tsgi'), later, later);
+      // The request that notices the change is served by the new code, in a new process.
+      const r = await request(`http://127.0.0.1:${port}/`, { timeoutMs: 60_000 });
+      expect(r.status, e.stderr()).toBe(200);
+      const after = JSON.parse(r.text) as Where;
+      expect(after).toMatchObject({ version: 'v2', group: 'v' });
+      expect(after.pid).not.toBe(before.pid);
+      e.child.kill('SIGTERM');
+      expect(await exitWithin(e, 40_000)).toEqual({ code: 0, signal: null });
+      expect(serverProcesses(serverRoot)).toEqual([]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
+  it('setup-server + apachectl start|graceful|stop in daemon mode', async () => {
+    const dir = appDir({ 'app.tsgi': whereApp('s1') });
+    const serverRoot = join(dir, 'root');
+    roots.push(serverRoot);
+    try {
+      const port = await freePort();
+      const prefix = join(serverRoot, 'tsgi');
+      const setup = tsgi('setup-server', join(dir, 'app.tsgi'), '--mode', 'daemon', '--port', String(port), '--server-root', serverRoot, '--processes', '2');
+      expect(setup.code, setup.output).toBe(0);
+      expect(setup.stdout).toContain('  mode:     daemon (process group app, 2 x 5 threads)\n');
+      expect(setup.stdout).toContain(`  status:   npx tsgi status --socket-prefix ${prefix}\n`);
+      const ctl = join(serverRoot, 'apachectl');
+      expect(run(ctl, ['configtest']).output).toContain('Syntax OK');
+      expect(serverProcesses(serverRoot)).toEqual([]); // configtest starts no daemon
+
+      const start = run(ctl, ['start']);
+      expect(start.code, start.output).toBe(0);
+      await until('the server to answer', async () => (await request(`http://127.0.0.1:${port}/x`).catch(() => null))?.status === 200, 30_000);
+      const w = JSON.parse((await request(`http://127.0.0.1:${port}/x`)).text) as Where;
+      expect(w).toMatchObject({ version: 's1', group: 'app', PATH_INFO: '/x' });
+      expect(daemonProcesses(serverRoot)).toContain(w.pid);
+      expect(processesMentioning(`${serverRoot}/`)).not.toContain(w.pid);
+      expect(fs.readdirSync(serverRoot).some((f) => /^tsgi\.\d+\.\d+\.sock$/.test(f))).toBe(true);
+
+      // graceful: the group carries on serving (a new generation may replace it).
+      expect(run(ctl, ['graceful']).code).toBe(0);
+      await until('the server to answer after graceful', async () => (await request(`http://127.0.0.1:${port}/y`).catch(() => null))?.status === 200, 30_000);
+      expect(JSON.parse((await request(`http://127.0.0.1:${port}/y`)).text)).toMatchObject({ group: 'app', PATH_INFO: '/y' });
+
+      const daemons = daemonProcesses(serverRoot);
+      expect(daemons.length).toBeGreaterThanOrEqual(3); // a supervisor and 2 workers
+      expect(run(ctl, ['stop']).code).toBe(0);
+      await until('every process of the server root to exit', () => serverProcesses(serverRoot).length === 0, 40_000);
+      expect(psRows(daemons)).toBe('');
+      await expect(request(`http://127.0.0.1:${port}/x`, { timeoutMs: 2000 })).rejects.toThrow();
+    } finally {
+      run(join(serverRoot, 'apachectl'), ['stop']);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
+
 describe('tsgi express module-config', () => {
   it('prints the LoadModule line of the built module', () => {
     const r = tsgi('module-config');
@@ -591,6 +800,8 @@ describe('npm start', () => {
 });
 
 describe('conf/httpd-tsgi.conf', () => {
+  /** Loaded by Debian's stock apache2.conf, which the file relies on, beyond the harness's own set. */
+  const STOCK_MODULES = ['authz_host'];
   const CONF = fs.readFileSync(join(ROOT, 'conf', 'httpd-tsgi.conf'), 'utf8');
   const APP = fs.readFileSync(join(ROOT, 'examples', 'rest.tsgi'), 'utf8');
 
@@ -602,6 +813,7 @@ describe('conf/httpd-tsgi.conf', () => {
       'app2/api.tsgi': APP.replace('export const application', 'export const app'),
       'app2/tools/report.tsgi': APP.replace('export const application', 'export const handler'),
       'app2/shops/books.tsgi': APP,
+      'shop/app.tsgi': ENVIRON_APP,
       'finance/rest.tsgi': APP,
       'finance/index.html': '<h1>finance</h1>\n',
     };
@@ -609,26 +821,34 @@ describe('conf/httpd-tsgi.conf', () => {
       fs.mkdirSync(join(www, rel, '..'), { recursive: true, mode: 0o755 });
       fs.writeFileSync(join(www, rel), content, { mode: 0o644 });
     }
-    for (const d of ['app1', 'app2', 'app2/tools', 'app2/shops', 'finance']) fs.chmodSync(join(www, d), 0o755);
-    const text = CONF.replace(/^Define TSGI_MODULE .*$/m, `Define TSGI_MODULE ${MOD_TSGI_SO}`).replace(/^Define TSGI_WWW .*$/m, `Define TSGI_WWW ${www}`);
+    for (const d of ['app1', 'app2', 'app2/tools', 'app2/shops', 'shop', 'finance']) fs.chmodSync(join(www, d), 0o755);
+    const text = CONF.replace(/^Define TSGI_MODULE .*$/m, `Define TSGI_MODULE ${MOD_TSGI_SO}`)
+      .replace(/^Define TSGI_WWW .*$/m, `Define TSGI_WWW ${www}`)
+      .replace(/^Define TSGI_NODE .*$/m, `Define TSGI_NODE ${process.execPath}`);
     expect(text).not.toBe(CONF);
     return { www, text };
   }
 
   it('uses only directives mod_tsgi has, each of those the issue lists', () => {
-    for (const d of ['LoadModule tsgi_module', 'TSGIScriptAlias / ', 'TSGIScriptAlias /tools/ ', 'TSGIScriptAliasMatch ', 'TSGICallableObject ', 'TSGIScriptReloading ', 'TSGIPassAuthorization ', 'TSGIApplicationGroup ']) {
+    for (const d of [
+      'LoadModule tsgi_module', 'TSGIScriptAlias / ', 'TSGIScriptAlias /tools/ ', 'TSGIScriptAliasMatch ', 'TSGICallableObject ', 'TSGIScriptReloading ',
+      'TSGIPassAuthorization ', 'TSGIApplicationGroup ', 'TSGIDaemonProcess shop ', 'TSGIProcessGroup shop', 'SetHandler tsgi-status',
+      '#TSGISocketPrefix ', '#TSGIRestrictEmbedded On',
+    ]) {
       expect(CONF).toContain(d);
     }
-    expect(CONF.match(/<VirtualHost /g)?.length).toBe(3);
-    const native = fs.readFileSync(join(ROOT, 'native', 'mod_tsgi.c'), 'utf8');
-    for (const [, name] of CONF.matchAll(/^\s*(TSGI\w+)/gm)) expect(native).toContain(`"${name}"`);
+    // Two app sites in embedded mode, one in a daemon group, and the finance example.
+    expect(CONF.match(/<VirtualHost /g)?.length).toBe(4);
+    const native = fs.readdirSync(join(ROOT, 'native')).filter((f) => f.endsWith('.c')).map((f) => fs.readFileSync(join(ROOT, 'native', f), 'utf8')).join('\n');
+    for (const [, name] of CONF.matchAll(/^\s*#?(TSGI\w+)/gm)) expect(native).toContain(`"${name}"`);
   });
 
   it('passes apache2 -t (with its paths pointed at temp files)', async () => {
     const { www, text } = materialize();
     try {
-      // No modules: [MOD_TSGI]: the file's own LoadModule must do it.
-      const r = await configtest({ config: text });
+      // No modules: [MOD_TSGI]: the file's own LoadModule must do it. authz_host
+      // (Require local) is one of the modules Debian's stock apache2.conf loads.
+      const r = await configtest({ config: text, modules: STOCK_MODULES });
       expect(r.code, r.output).toBe(0);
       expect(r.output).toContain('Syntax OK');
       expect(r.output).not.toMatch(/AH\d+|TSGI\d+|warn/i);
@@ -639,7 +859,7 @@ describe('conf/httpd-tsgi.conf', () => {
 
   it('serves its sites: two apps in two VirtualHosts, the mapping forms, and the finance example', async () => {
     const { www, text } = materialize();
-    const apache = await startApache({ config: ({ port }) => text.replace(/<VirtualHost \*:80>/g, `<VirtualHost *:${port}>`) });
+    const apache = await startApache({ modules: STOCK_MODULES, config: ({ port }) => text.replace(/<VirtualHost \*:80>/g, `<VirtualHost *:${port}>`) });
     try {
       const get = async (host: string, path: string) => {
         const r = await request(apache.url(path), { headers: { Host: host } });
@@ -653,6 +873,18 @@ describe('conf/httpd-tsgi.conf', () => {
       expect(await get('finance.example.org', '/rest/custompath')).toBe(body('/rest', '/custompath'));
       expect(await get('example.org', '/')).toBe('200 <h1>finance</h1>\n');
       expect((await get('app2.example.org', '/apix')).slice(0, 3)).toBe('404');
+
+      // Site 3 runs in its daemon group, from processes outside Apache's children.
+      const shop = await request(apache.url('/cart/7?x=1'), { headers: { Host: 'shop.example.org' } });
+      expect(shop.status, apache.errorLog()).toBe(200);
+      expect(JSON.parse(shop.text)).toMatchObject({ 'mod_tsgi.process_group': 'shop', SCRIPT_NAME: '', PATH_INFO: '/cart/7', QUERY_STRING: 'x=1', 'tsgi.multiprocess': true });
+      const daemons = apache.descendants().filter((pid) => !apache.processes().includes(pid));
+      expect(daemons.length).toBeGreaterThanOrEqual(3); // the group's supervisor and its 2 processes
+      const status = await request(apache.url('/tsgi-status?json'), { headers: { Host: 'shop.example.org' } });
+      expect(status.status, status.text).toBe(200);
+      expect(status.text).toContain('"shop"');
+      // Only on site 3: elsewhere /tsgi-status is just a path of the app.
+      expect(await get('app1.example.org', '/tsgi-status')).toBe(body('empty', '/tsgi-status'));
     } finally {
       await apache.stop();
       fs.rmSync(www, { recursive: true, force: true });

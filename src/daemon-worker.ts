@@ -25,11 +25,11 @@ import type { Server as HttpServer } from 'node:http';
 import { apacheFormatLog, redirectStdio } from './gateway/apache-log';
 import { streamLog, type ErrorLog, type LogLevel } from './gateway/log';
 import { Providers } from './gateway/providers';
-import type { AppProvider } from './gateway/run';
 import { ScriptLoader } from './loader';
 import { createHttpServer } from './transports/http-server';
 import { createStreamServer } from './transports/stream-server';
 import { createFastCgiServer } from './transports/fastcgi-server';
+import { createWireServer, type WireServer } from './transports/wire-server';
 import type { RequestMonitor } from './transports/monitor';
 
 /** What the master passes in argv[2], as JSON (nothing secret: argv is world-readable). */
@@ -224,7 +224,7 @@ function main(): void {
     let server: net.Server;
     if (config.protocol === 'tsgi') {
       const p = providers as Providers;
-      server = loadWireServer().createWireServer({
+      server = createWireServer({
         secret: secret as Uint8Array,
         providers: (script, callable, applicationGroup, reload) => p.get(applicationGroup, script, callable, reload),
         log,
@@ -292,7 +292,7 @@ function main(): void {
     server.listen(handle as net.ListenOptions, () => {
       if (!readySent) {
         readySent = true;
-        log.log('info', `ready: serving ${config.protocol} for ${loader ? loader.path : `process group ${config.title ?? ''}`.trim()}`);
+        log.log('info', `ready: serving ${config.protocol} for ${loader ? loader.path : 'the scripts its requests name'}`);
         send({ t: 'ready' });
       }
     });
@@ -364,29 +364,6 @@ function main(): void {
     sendStats();
     if (config.inactivityTimeoutMs > 0 && active.size === 0 && Date.now() - lastActivity > config.inactivityTimeoutMs) retire('inactivity-timeout');
   }, HEARTBEAT_MS);
-}
-
-interface WireServer extends net.Server {
-  drain(): void;
-}
-
-/** src/transports/wire-server.ts, loaded only by 'tsgi' workers. */
-interface WireServerModule {
-  createWireServer(options: {
-    secret: Uint8Array;
-    providers: (script: string, callable: string, applicationGroup: string, reload: boolean) => AppProvider;
-    log: ErrorLog;
-    context: { multithread: boolean; multiprocess: boolean };
-    threads: number;
-    queueTimeoutMs: number;
-    monitor?: RequestMonitor;
-    status?: () => Promise<unknown>;
-  }): WireServer;
-}
-
-function loadWireServer(): WireServerModule {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return require('./transports/wire-server') as WireServerModule;
 }
 
 /**

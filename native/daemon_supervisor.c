@@ -56,8 +56,9 @@ APLOG_USE_MODULE(tsgi);
 #define TSGI_RETAINED_KEY "mod_tsgi_daemon_supervisor"
 #define TSGI_DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-/* Crash-loop damping: a supervisor dying within TSGI_YOUNG of its start doubles the
- * start delay of the next one, from TSGI_DELAY_MIN up to TSGI_DELAY_MAX. */
+/* Crash-loop damping: a supervisor that dies is replaced at once; if the replacement
+ * dies within TSGI_YOUNG of its start too, the next start waits TSGI_DELAY_MIN, doubling
+ * up to TSGI_DELAY_MAX while they keep dying young. */
 #define TSGI_YOUNG apr_time_from_sec(10)
 #define TSGI_DELAY_MIN apr_time_from_msec(500)
 #define TSGI_DELAY_MAX apr_time_from_sec(30)
@@ -86,6 +87,7 @@ struct tsgi_rgroup {
     unsigned char secret[TSGI_SECRET_LEN];
     tsgi_sup_t *current;          /* the supervisor of the configuration in force */
     apr_interval_time_t delay;    /* the next start delay */
+    int young_deaths;             /* consecutive deaths within TSGI_YOUNG of the start */
     tsgi_daemon_group_t *config;  /* in the pconf in force; NULL while it is being replaced */
     uid_t uid;                    /* what the current supervisor runs as */
     int graceful_timeout;         /* s, of the configuration last in force (for stop) */
@@ -136,16 +138,23 @@ static const char *tsgi_json_str(apr_pool_t *p, const char *s)
     return out;
 }
 
+/*
+ * The MPMs reap with apr_proc_wait_all_procs and hand APR's one number on to the other-
+ * child callback: the exit code or the signal number, without saying which (a raw wait
+ * status only arrives through apr_proc_other_child_refresh_all, at stop). So the log says
+ * both readings; the daemons' own log says which it was when they could log at all.
+ */
 static const char *tsgi_describe_status(apr_pool_t *p, int status)
 {
     if (status == -1)
-        return "was lost (not our child any more)";
-    if (WIFEXITED(status))
-        return apr_psprintf(p, "exited with code %d", WEXITSTATUS(status));
-    if (WIFSIGNALED(status))
-        return apr_psprintf(p, "was killed by signal %d (%s)%s", WTERMSIG(status), strsignal(WTERMSIG(status)),
-                            WCOREDUMP(status) ? ", core dumped" : "");
-    return apr_psprintf(p, "ended with wait status 0x%x", (unsigned)status);
+        return "was lost (no longer our child)";
+    if (status > 255 && (status & 0x7f) == 0)
+        return apr_psprintf(p, "exited with code %d", (status >> 8) & 0xff);
+    if (status == 0)
+        return "exited with code 0";
+    if (status < NSIG)
+        return apr_psprintf(p, "ended with exit code or signal %d (%s)", status, strsignal(status));
+    return apr_psprintf(p, "exited with code %d", status);
 }
 
 static int tsgi_mpm_stopping(void)
@@ -342,10 +351,13 @@ static void tsgi_sup_maintenance(int reason, void *data, int status)
 
     tsgi_sup_unlink(rt, sup);
     rg->current = NULL;
-    if (lived < TSGI_YOUNG)
-        rg->delay = rg->delay ? (rg->delay * 2 > TSGI_DELAY_MAX ? TSGI_DELAY_MAX : rg->delay * 2) : TSGI_DELAY_MIN;
-    else
+    rg->young_deaths = lived < TSGI_YOUNG ? rg->young_deaths + 1 : 0;
+    if (rg->young_deaths <= 1)
         rg->delay = 0;
+    else if (rg->delay == 0)
+        rg->delay = TSGI_DELAY_MIN;
+    else
+        rg->delay = rg->delay * 2 > TSGI_DELAY_MAX ? TSGI_DELAY_MAX : rg->delay * 2;
 
     if (tsgi_mpm_stopping() || !rg->config) {
         /* Stopping: the stop cleanup handles the rest. Between generations: the next
@@ -397,7 +409,8 @@ static const char *tsgi_launch_json(apr_pool_t *p, const tsgi_rgroup_t *rg, pid_
 static void tsgi_child_fail(int code, const char *group, const char *what, int err, apr_interval_time_t delay)
 {
     char date[APR_CTIME_LEN + 8];
-    if (ap_recent_ctime_ex(date, apr_time_now(), AP_CTIME_OPTION_USEC, NULL) != APR_SUCCESS)
+    int date_len = (int)sizeof(date);
+    if (ap_recent_ctime_ex(date, apr_time_now(), AP_CTIME_OPTION_USEC, &date_len) != APR_SUCCESS)
         date[0] = '\0';
     dprintf(2, "[%s] [tsgi:error] [pid %ld] TSGI%04d: group %s: %s: %s\n", date, (long)getpid(), code, group, what,
             strerror(err));
@@ -458,18 +471,18 @@ static int tsgi_spawn(tsgi_retained_t *rt, tsgi_rgroup_t *rg, pid_t replaces, ap
     APR_ARRAY_PUSH(argv, const char *) = "--apache";
     APR_ARRAY_PUSH(argv, const char *) = NULL;
 
-    if (as_root) {
-        struct passwd *pw = getpwuid(uid);
-        if (pw)
+    {
+        /* home=, else the home of user= when it exists (nobody's is /nonexistent), else /. */
+        struct passwd *pw = getpwuid(as_root ? uid : geteuid());
+        struct stat hst;
+        if (as_root && pw)
             user_name = apr_pstrdup(ptemp, pw->pw_name);
         if (g->home)
             home = g->home;
+        else if (g->user && pw && pw->pw_dir && stat(pw->pw_dir, &hst) == 0 && S_ISDIR(hst.st_mode))
+            home = apr_pstrdup(ptemp, pw->pw_dir);
         else
-            home = pw && g->user && pw->pw_dir && *pw->pw_dir ? apr_pstrdup(ptemp, pw->pw_dir) : "/";
-    }
-    else {
-        struct passwd *pw = getpwuid(geteuid());
-        home = g->home ? g->home : (pw && pw->pw_dir && *pw->pw_dir ? apr_pstrdup(ptemp, pw->pw_dir) : "/");
+            home = "/";
     }
 
     path = getenv("PATH");
@@ -796,6 +809,7 @@ int tsgi_daemon_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *pte
             old->retired = 1;
             rg->current = NULL;
             rg->delay = 0;
+            rg->young_deaths = 0;
             if (tsgi_spawn(rt, rg, old_pid, ptemp) != 0 || (as_root && old_uid != uid))
                 kill(old_pid, SIGTERM);
         }

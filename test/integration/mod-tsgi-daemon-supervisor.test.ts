@@ -1,0 +1,168 @@
+/**
+ * The Apache parent's supervision of daemon groups (native/daemon_supervisor.c) under a
+ * real, private Apache: the supervisor runs under its display name with fds and sockets
+ * as the launch contract says, is respawned after kill -9, is replaced (same sockets) on
+ * a graceful restart, and stop leaves no process behind; user= is applied; a node that
+ * cannot be executed is logged and its respawns slow down; TSGIRestrictEmbedded On
+ * refuses undelegated requests without starting the embedded runtime.
+ *
+ * Times in here are bounds for polling (a test that would otherwise hang), never
+ * measurements asserted on.
+ */
+import { describe, it, expect, beforeAll } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { startApache, type ApacheInstance } from '../harness/apache';
+import { request } from '../harness/http';
+import { pidAlive } from '../harness/proc';
+import { daemonTrees, ensureMode, groupStatus, pollFor, statusSockets, uidGid, type DaemonTree } from '../helpers/mod-tsgi';
+import { MOD_TSGI } from '../helpers/mod-tsgi';
+import { ROOT } from '../helpers/serve';
+
+const APP = join(ROOT, 'examples', 'hello.tsgi');
+const idOf = (flag: '-u' | '-g', user: string) => Number(execFileSync('id', [flag, user], { encoding: 'utf8' }).trim());
+
+beforeAll(() => {
+  ensureMode('daemon');
+}, 600_000);
+
+function cmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0+$/, '').replace(/\0/g, ' ').trim();
+  } catch {
+    return '';
+  }
+}
+
+/** The one daemon tree of `apache`, once it has `workers` workers. */
+function tree(apache: ApacheInstance, workers: number, not?: number): Promise<DaemonTree> {
+  return pollFor(`a supervisor${not ? ` other than ${not}` : ''} with ${workers} worker(s)`, () => {
+    const t = daemonTrees(apache.pid);
+    if (t.length === 1 && t[0]!.supervisor !== not && t[0]!.workers.length === workers) return t[0];
+    return undefined;
+  }).then((r) => r.value);
+}
+
+function dataSockets(dir: string): string[] {
+  return statusSockets(dir).map((p) => p.replace(/\.status$/, '.sock'));
+}
+
+async function withApache(config: string, body: (apache: ApacheInstance) => Promise<void>): Promise<void> {
+  const apache = await startApache({ modules: [MOD_TSGI], config });
+  try {
+    await body(apache);
+  } finally {
+    if (!apache.stopped) await apache.stop();
+  }
+}
+
+describe('daemon supervisor', () => {
+  it('runs under its display name with a 0600 socket owned by the Apache user, answers status, survives kill -9 and graceful, stop leaves nothing', async () => {
+    const apache = await startApache({
+      modules: [MOD_TSGI],
+      config: `TSGIDaemonProcess sup processes=2 display-name=%{GROUP} graceful-timeout=3\nTSGIScriptAlias /hello ${APP} process-group=sup\n`,
+    });
+    let stopped = false;
+    try {
+      const first = await tree(apache, 2);
+      expect(cmdline(first.supervisor)).toBe('(tsgi:sup)');
+      expect(apache.errorLog()).toMatch(new RegExp(`TSGI0226: group sup: started supervisor pid ${first.supervisor} \\(\\S*node \\S*/dist/daemon-mode\\.js --apache, 2 process\\(es\\)\\)`));
+
+      // The sockets of the contract: <prefix>.<parentpid>.<n>.sock and .status, 0600.
+      const [sock] = dataSockets(apache.root);
+      const [status] = statusSockets(apache.root);
+      expect(sock).toBe(join(apache.root, `tsgi.${apache.pid}.0.sock`));
+      const st = statSync(sock!);
+      expect(st.isSocket()).toBe(true);
+      expect(st.mode & 0o777).toBe(0o600);
+      expect(st.uid).toBe(idOf('-u', 'www-data'));
+      expect(statSync(status!).mode & 0o777).toBe(0o600);
+      const s1 = await groupStatus(apache.root, 'sup');
+      expect(s1.pid).toBe(first.supervisor);
+      expect(s1.processes.map((p) => p.pid).sort()).toEqual(first.workers);
+
+      // kill -9 of the supervisor: logged with the signal, replaced at once.
+      const mark = apache.logMark();
+      process.kill(first.supervisor, 'SIGKILL');
+      const second = await tree(apache, 2, first.supervisor);
+      await apache.waitForLog(new RegExp(`TSGI0212: group sup: supervisor \\(pid ${first.supervisor}\\) ended with exit code or signal 9 \\(Killed\\) after \\d+ ms; starting a new one\\n`), 5000, mark);
+      expect((await groupStatus(apache.root, 'sup')).pid).toBe(second.supervisor);
+      await pollFor('the old workers to go', () => (first.workers.some(pidAlive) ? undefined : true));
+
+      // Graceful restart: a new supervisor, the old one drains and goes; same sockets.
+      const mark2 = apache.logMark();
+      await apache.graceful();
+      const third = await tree(apache, 2, second.supervisor);
+      await apache.waitForLog(new RegExp(`TSGI0226: group sup: started supervisor pid ${third.supervisor} .*replacing pid ${second.supervisor}\\)`), 5000, mark2);
+      await apache.waitForLog(new RegExp(`TSGI0210: group sup: the previous supervisor \\(pid ${second.supervisor}\\) exited with code 0`), 10_000, mark2);
+      expect(pidAlive(second.supervisor)).toBe(false);
+      expect(dataSockets(apache.root)).toEqual([sock]);
+      expect(statusSockets(apache.root)).toEqual([status]);
+      expect((await groupStatus(apache.root, 'sup')).pid).toBe(third.supervisor);
+
+      // Stop: every tsgi process exits on its own (nothing for the harness to kill).
+      const all = [third.supervisor, ...third.workers];
+      const { killed } = await apache.stop();
+      stopped = true;
+      expect(killed).toEqual([]);
+      expect(all.filter(pidAlive)).toEqual([]);
+      expect(apache.errorLog()).not.toMatch(/TSGI0240|:(emerg|alert|crit)\]/);
+    } finally {
+      if (!stopped) await apache.stop();
+    }
+  });
+
+  it('user= and group=: the daemons run as that user, the status socket is theirs, the data socket stays the Apache user\'s', async () => {
+    const nobody = idOf('-u', 'nobody');
+    const nogroup = idOf('-g', 'nobody');
+    await withApache(`TSGIDaemonProcess nob processes=1 user=nobody graceful-timeout=3\nTSGIScriptAlias /hello ${APP} process-group=nob\n`, async (apache) => {
+      const t = await tree(apache, 1);
+      for (const pid of [t.supervisor, ...t.workers]) expect(uidGid(pid)).toEqual({ uid: nobody, gid: nogroup });
+      expect(statSync(statusSockets(apache.root)[0]!).uid).toBe(nobody);
+      expect(statSync(dataSockets(apache.root)[0]!).uid).toBe(idOf('-u', 'www-data'));
+      expect((await groupStatus(apache.root, 'nob')).pid).toBe(t.supervisor);
+    });
+  });
+
+  it('node=/nonexistent: each failed start is logged clearly and the respawns slow down', async () => {
+    await withApache('TSGIDaemonProcess broken node=/nonexistent/node graceful-timeout=1\n', async (apache) => {
+      await apache.waitForLog(/TSGI0221: group broken: node=\/nonexistent\/node is not an executable file/);
+      await apache.waitForLog(/TSGI0237: group broken: cannot execute node \/nonexistent\/node: No such file or directory/);
+      const { value: delays } = await pollFor('four respawns', () => {
+        const d = [...apache.errorLog().matchAll(/TSGI0212: group broken: supervisor \(pid \d+\) exited with code 127 after \d+ ms; starting a new one(?: in (\d+) ms)?/g)].map((m) => Number(m[1] ?? 0));
+        return d.length >= 4 ? d : undefined;
+      });
+      // At once after the first failure, then 500 ms doubling.
+      expect(delays.slice(0, 4)).toEqual([0, 500, 1000, 2000]);
+    });
+  });
+
+  it('TSGIRestrictEmbedded On: an undelegated script gets 500 naming it, and no embedded runtime starts', async () => {
+    await withApache(
+      `TSGIRestrictEmbedded On\nTSGIDaemonProcess r processes=1 graceful-timeout=3\nTSGIScriptAlias /embedded ${APP}\n`,
+      async (apache) => {
+        await tree(apache, 1);
+        const mark = apache.logMark();
+        const res = await request(apache.url('/embedded'));
+        expect(res.status).toBe(500);
+        await apache.waitForLog(new RegExp(`TSGI0009: TSGIRestrictEmbedded On: ${APP.replace(/[.]/g, '\\.')} is not delegated to a daemon process group`), 5000, mark);
+        expect(apache.errorLog()).not.toMatch(/TSGI0120: embedded runtime ready/);
+      },
+    );
+  });
+
+  it('the sockets are removed at stop', async () => {
+    const apache = await startApache({ modules: [MOD_TSGI], config: 'TSGIDaemonProcess gone processes=1 graceful-timeout=2\n', keepRoot: true });
+    let sockets: string[] = [];
+    try {
+      await tree(apache, 1);
+      sockets = [...dataSockets(apache.root), ...statusSockets(apache.root)];
+      expect(sockets).toHaveLength(2);
+    } finally {
+      await apache.stop();
+    }
+    expect(sockets.filter((p) => existsSync(p))).toEqual([]);
+    execFileSync('rm', ['-rf', apache.root]);
+  });
+});

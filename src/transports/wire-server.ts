@@ -202,7 +202,8 @@ class Scheduler {
         continue;
       }
       this.running++;
-      job.run().finally(() => {
+      // run() never rejects (it turns every failure into a trailer).
+      void job.run().finally(() => {
         this.running--;
         this.pump();
       });
@@ -289,15 +290,21 @@ class Connection {
 
   private onData(chunk: Buffer): void {
     if (this.closed || this.ending) return;
-    try {
+    this.guard(() =>
       this.parser.read(chunk, (f) => {
         if (this.ending) return;
         if (this.deferred) this.deferred.push(f);
         else this.onFrame(f);
-      });
+      }),
+    );
+  }
+
+  /** Runs frame handling: a protocol error ends the connection as §6 says; a bug here costs one connection, never the daemon. */
+  private guard(fn: () => void): void {
+    try {
+      fn();
     } catch (e) {
       if (e instanceof ProtocolError) return this.protocolError(e);
-      // A bug here must cost one connection, never the daemon.
       this.log('error', `internal error: ${(e as Error)?.stack ?? String(e)}`);
       this.socket.destroy();
     }
@@ -479,14 +486,11 @@ class Connection {
     if (deferred) {
       this.deferred = null;
       // Replayed in order; a frame may defer the rest again.
-      try {
+      this.guard(() => {
         while (deferred.length > 0 && !this.deferred && !this.ending) this.onFrame(deferred.shift() as RawFrame);
-      } catch (e) {
-        if (e instanceof ProtocolError) return this.protocolError(e);
-        throw e;
-      }
+      });
       if (this.deferred) (this.deferred as RawFrame[]).push(...deferred);
-      else if (!this.pausedForBody) this.socket.resume();
+      else if (!this.pausedForBody && !this.closed && !this.ending) this.socket.resume();
     }
   }
 
@@ -647,7 +651,7 @@ class Connection {
     this.partBytes = 0;
     const cur = this.current;
     if (cur?.headQueued) cur.headFlushed = true;
-    if (this.closed || this.socket.destroyed) return;
+    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
     if (parts.length === 1) {
       this.socket.write(parts[0]);
       return;

@@ -442,7 +442,10 @@ describe('threads, queue-timeout, request-timeout', () => {
     const r = await pending;
     expect(r.frames).toEqual(['ERROR']);
     expect(r.trailer).toMatchObject({ kind: 'error', code: ErrorCode.TIMEOUT });
-    await until(() => ended === 1, 'the monitor to be told the request ended');
+    // The next request on the same connection waits, if need be, until the gateway is done with this one.
+    const next = await c.request({ script: ENVIRON, vars: cgiVars() });
+    expect(next.trailer).toEqual({ kind: 'end', close: false });
+    await until(() => ended === 2, 'the monitor to be told both requests ended');
     expect(reason).toBe('RequestExpired');
   });
 

@@ -497,7 +497,10 @@ static const char *tsgi_cmd_daemon_process(cmd_parms *cmd, void *mconfig, int ar
 
 static const char *tsgi_cmd_socket_prefix(cmd_parms *cmd, void *mconfig, const char *value)
 {
+    const char *err;
     (void)mconfig;
+    if ((err = ap_check_cmd_context(cmd, GLOBAL_ONLY)) != NULL)
+        return err;
     return tsgi_daemon_cmd_socket_prefix(cmd, value);
 }
 

@@ -443,6 +443,17 @@ static int x_read(tsgi_x_t *x)
     return -1;
 }
 
+/* Why a body read failed, in words: AP_FILTER_ERROR means a filter (HTTP_IN for
+ * LimitRequestBody) has already answered the client. */
+static const char *body_failure(apr_status_t rv, char *buf, size_t len)
+{
+    if (rv == AP_FILTER_ERROR || rv == APR_ENOSPC)
+        return "it is larger than LimitRequestBody (or an input filter refused it)";
+    if (rv == APR_INCOMPLETE || rv == APR_EOF)
+        return "the client closed the connection before sending all of it";
+    return apr_strerror(rv, buf, len);
+}
+
 /* Queues the next piece of the request body (blocking on the client, as mod_proxy
  * does). Returns -1 to go on, or X_BODY_FAILED with ABORT queued. */
 static int x_next_body(tsgi_x_t *x)
@@ -472,9 +483,9 @@ static int x_next_body(tsgi_x_t *x)
         rv = apr_brigade_flatten(x->ib, (char *)x->obuf + TSGI_WIRE_HEADER_LEN, &n);
     apr_brigade_cleanup(x->ib);
     if (rv != APR_SUCCESS) {
-        char reason[160];
+        char reason[200], buf[120];
         x->body_rv = rv;
-        apr_snprintf(reason, sizeof(reason), "reading the request body failed: %pm", &rv);
+        apr_snprintf(reason, sizeof(reason), "reading the request body failed: %s", body_failure(rv, buf, sizeof(buf)));
         x->out = x->abort_frame;
         x->out_len = tsgi_wire_encode_abort(x->abort_frame, reason, strlen(reason));
         x->out_off = 0;
@@ -757,13 +768,18 @@ int tsgi_daemon_forward(const tsgi_embed_request_t *req, tsgi_daemon_group_t *gr
                           what);
             c->keepalive = AP_CONN_CLOSE;
             return x.head_applied ? OK : HTTP_BAD_REQUEST;
-        case X_BODY_FAILED:
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, x.body_rv, r,
-                          TSGILOG(0310) "group %s (daemon pid %s): %s: reading the request body failed%s", g->name,
-                          pid, what, x.body_rv == APR_ENOSPC ? " (larger than LimitRequestBody)" : "");
+        case X_BODY_FAILED: {
+            char buf[120];
+            int clients_doing = x.body_rv == AP_FILTER_ERROR || x.body_rv == APR_ENOSPC ||
+                                x.body_rv == APR_INCOMPLETE || x.body_rv == APR_EOF;
+            /* A refused or abandoned body is the client's doing (HTTP_IN logs refusals): info. */
+            ap_log_rerror(APLOG_MARK, clients_doing ? APLOG_INFO : APLOG_ERR, 0, r,
+                          TSGILOG(0310) "group %s (daemon pid %s): %s: reading the request body failed: %s", g->name,
+                          pid, what, body_failure(x.body_rv, buf, sizeof(buf)));
             if (x.head_applied)
                 return truncated(r);
             return ap_map_http_request_error(x.body_rv, HTTP_BAD_REQUEST);
+        }
         case X_TIMEOUT:
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                           TSGILOG(0311) "group %s (daemon pid %s): no frame within socket-timeout (%d s) during "

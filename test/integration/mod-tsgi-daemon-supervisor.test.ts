@@ -11,12 +11,12 @@
  */
 import { describe, it, expect, beforeAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startApache, type ApacheInstance } from '../harness/apache';
 import { request } from '../harness/http';
 import { pidAlive } from '../harness/proc';
-import { daemonTrees, ensureMode, groupStatus, pollFor, statusSockets, uidGid, type DaemonTree } from '../helpers/mod-tsgi';
+import { daemonTrees, ensureMode, groupStatus, pollFor, readStatusSocket, statusSockets, uidGid, type DaemonTree } from '../helpers/mod-tsgi';
 import { MOD_TSGI } from '../helpers/mod-tsgi';
 import { ROOT } from '../helpers/serve';
 
@@ -46,6 +46,14 @@ function tree(apache: ApacheInstance, workers: number, not?: number): Promise<Da
 
 function dataSockets(dir: string): string[] {
   return statusSockets(dir).map((p) => p.replace(/\.status$/, '.sock'));
+}
+
+/** The status socket that answers for group `name`. */
+async function statusPathOf(dir: string, name: string): Promise<string> {
+  for (const p of statusSockets(dir)) {
+    if ((await readStatusSocket(p)).group === name) return p;
+  }
+  throw new Error(`no status socket under ${dir} answers for group ${name}`);
 }
 
 async function withApache(config: string, body: (apache: ApacheInstance) => Promise<void>): Promise<void> {
@@ -150,6 +158,38 @@ describe('daemon supervisor', () => {
         expect(apache.errorLog()).not.toMatch(/TSGI0120: embedded runtime ready/);
       },
     );
+  });
+
+  it('graceful with a changed configuration: a removed group stops and loses its sockets, a group whose user= changed is replaced', async () => {
+    const before = 'TSGIDaemonProcess keep processes=1 user=nobody graceful-timeout=3\nTSGIDaemonProcess drop processes=1 graceful-timeout=3\n';
+    await withApache(before, async (apache) => {
+      const trees = await pollFor('two supervisors', () => {
+        const t = daemonTrees(apache.pid);
+        return t.length === 2 && t.every((x) => x.workers.length === 1) ? t : undefined;
+      }).then((r) => r.value);
+      const statusOf = async (name: string) => (await groupStatus(apache.root, name)).pid;
+      const keepOld = await statusOf('keep');
+      const dropOld = await statusOf('drop');
+      expect(trees.map((t) => t.supervisor).sort()).toEqual([keepOld, dropOld].sort());
+      expect(statusSockets(apache.root)).toHaveLength(2);
+      const keepStatus = await statusPathOf(apache.root, 'keep');
+
+      const conf = readFileSync(apache.confPath, 'utf8');
+      writeFileSync(apache.confPath, conf.replace(before, 'TSGIDaemonProcess keep processes=1 graceful-timeout=3\n'));
+      const mark = apache.logMark();
+      await apache.graceful();
+      await apache.waitForLog(new RegExp(`TSGI0215: group drop: no longer configured: stopping supervisor pid ${dropOld}`), 5000, mark);
+      await apache.waitForLog(new RegExp(`TSGI0210: group drop: the previous supervisor \\(pid ${dropOld}\\) exited with code 0`), 10_000, mark);
+      await apache.waitForLog(new RegExp(`TSGI0210: group keep: the previous supervisor \\(pid ${keepOld}\\) exited with code 0`), 10_000, mark);
+      const keepNew = await tree(apache, 1, keepOld);
+      expect(uidGid(keepNew.supervisor)?.uid).toBe(idOf('-u', 'www-data'));
+      expect(await statusOf('keep')).toBe(keepNew.supervisor);
+      // Only keep's two sockets are left, under their old paths; the status socket now
+      // belongs to keep's new user.
+      expect(statusSockets(apache.root)).toEqual([keepStatus]);
+      expect(dataSockets(apache.root)).toEqual([keepStatus.replace(/\.status$/, '.sock')]);
+      expect(statSync(keepStatus).uid).toBe(idOf('-u', 'www-data'));
+    });
   });
 
   it('the sockets are removed at stop', async () => {

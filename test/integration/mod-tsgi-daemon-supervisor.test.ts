@@ -48,6 +48,13 @@ function dataSockets(dir: string): string[] {
   return statusSockets(dir).map((p) => p.replace(/\.status$/, '.sock'));
 }
 
+/** /hello is served by the group's daemons (its environ names the process group). */
+async function expectHello(apache: ApacheInstance): Promise<void> {
+  const r = await request(apache.url('/hello/x'));
+  expect(r.status, r.text).toBe(200);
+  expect(r.text).toBe('Hello World!\n');
+}
+
 /** The status socket that answers for group `name`. */
 async function statusPathOf(dir: string, name: string): Promise<string> {
   for (const p of statusSockets(dir)) {
@@ -89,6 +96,7 @@ describe('daemon supervisor', () => {
       const s1 = await groupStatus(apache.root, 'sup');
       expect(s1.pid).toBe(first.supervisor);
       expect(s1.processes.map((p) => p.pid).sort()).toEqual(first.workers);
+      await expectHello(apache);
 
       // kill -9 of the supervisor: logged with the signal, replaced at once.
       const mark = apache.logMark();
@@ -97,6 +105,7 @@ describe('daemon supervisor', () => {
       await apache.waitForLog(new RegExp(`TSGI0212: group sup: supervisor \\(pid ${first.supervisor}\\) ended with exit code or signal 9 \\(Killed\\) after \\d+ ms; starting a new one\\n`), 5000, mark);
       expect((await groupStatus(apache.root, 'sup')).pid).toBe(second.supervisor);
       await pollFor('the old workers to go', () => (first.workers.some(pidAlive) ? undefined : true));
+      await expectHello(apache);
 
       // Graceful restart: a new supervisor, the old one drains and goes; same sockets.
       const mark2 = apache.logMark();
@@ -108,6 +117,7 @@ describe('daemon supervisor', () => {
       expect(dataSockets(apache.root)).toEqual([sock]);
       expect(statusSockets(apache.root)).toEqual([status]);
       expect((await groupStatus(apache.root, 'sup')).pid).toBe(third.supervisor);
+      await expectHello(apache);
 
       // Stop: every tsgi process exits on its own (nothing for the harness to kill).
       const all = [third.supervisor, ...third.workers];
@@ -130,6 +140,7 @@ describe('daemon supervisor', () => {
       expect(statSync(statusSockets(apache.root)[0]!).uid).toBe(nobody);
       expect(statSync(dataSockets(apache.root)[0]!).uid).toBe(idOf('-u', 'www-data'));
       expect((await groupStatus(apache.root, 'nob')).pid).toBe(t.supervisor);
+      await expectHello(apache);
     });
   });
 

@@ -433,7 +433,7 @@ function reloadingText(s: ExpressSettings): string {
   if (!s.reloadOnChanges) return 'off (--reload-on-changes to pick up edits)';
   return s.mode === 'embedded'
     ? 'on: edits to the app are picked up on the next request'
-    : 'on: an edit to the app recycles the daemon group on the next request, which the new code serves';
+    : 'on: the next request runs the edited app, and the daemon group is recycled (fresh processes load it)';
 }
 
 async function startServer(args: string[]): Promise<number> {

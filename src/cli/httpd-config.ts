@@ -306,7 +306,7 @@ export function renderHttpdConf(s: ExpressSettings, builtins: Set<string> = comp
     '</Directory>',
     ...(s.mode === 'embedded'
       ? ['# On with --reload-on-changes: an edited .tsgi is loaded afresh by the next request.']
-      : ['# On with --reload-on-changes: an edited .tsgi recycles the daemon group, and the new', '# processes serve the request that noticed the change.']),
+      : ['# On with --reload-on-changes: the request that notices an edited .tsgi runs the new code,', '# and the daemon group is then recycled (fresh processes load it).']),
     `TSGIScriptReloading ${s.reloadOnChanges ? 'On' : 'Off'}`,
     // --request-timeout: a Node event loop blocked this long fails its requests with 504.
     // (Daemon mode: request-timeout= above; Node does not run inside Apache at all.)

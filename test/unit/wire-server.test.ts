@@ -417,6 +417,80 @@ describe('threads, queue-timeout, request-timeout', () => {
     expect(fastRuns).toBe(1);
   });
 
+  it('a queued request whose body is aborted, or whose connection closes, never runs', async () => {
+    const s = await start({ threads: 1 });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let fastRuns = 0;
+    inline.set('/inline/slow', (async (_e: unknown, sr: (s: string, h: [string, string][]) => void) => {
+      await gate;
+      sr('200 OK', []);
+      return ['slow'];
+    }) as unknown as Application);
+    inline.set('/inline/fast', ((_e: unknown, sr: (s: string, h: [string, string][]) => void) => {
+      fastRuns++;
+      sr('200 OK', []);
+      return ['fast'];
+    }) as unknown as Application);
+    const a = await s.connect();
+    const ra = a.request({ script: '/inline/slow', vars: cgiVars() });
+    await until(() => s.server.running === 1, 'the slow request to run');
+    const b = await s.connect();
+    b.sendRaw(encodeRequest({ script: '/inline/fast', vars: cgiVars({ method: 'POST' }), hasBody: true }));
+    await until(() => s.server.queued === 1, 'the request to queue');
+    b.sendRaw(Buffer.concat([encodeBody(Buffer.from('part')), encodeAbort('client went away')]));
+    const rb = await b.readResponse();
+    expect(rb.trailer).toMatchObject({ kind: 'error', code: ErrorCode.BODY });
+    expect(s.server.queued).toBe(0);
+    const c = await s.connect();
+    c.sendRaw(encodeRequest({ script: '/inline/fast', vars: cgiVars() }));
+    await until(() => s.server.queued === 1, 'the third request to queue');
+    c.close();
+    await until(() => s.server.queued === 0, 'the closed connection to leave the queue');
+    release();
+    expect((await ra).body.toString()).toBe('slow');
+    // Both connections' requests were dropped before they ran; b is still usable.
+    expect((await b.request({ script: '/inline/fast', vars: cgiVars() })).body.toString()).toBe('fast');
+    expect(fastRuns).toBe(1);
+  });
+
+  it('backpressure: an application that is not reading stops the body from being read off the socket', async () => {
+    const s = await start();
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let firstRead = false;
+    inline.set('/inline/lazy', (async (environ: Record<string, any>, sr: (s: string, h: [string, string][]) => void) => {
+      const input = environ['tsgi.input'];
+      const hash = createHash('sha256');
+      let n = 0;
+      const first = await input.read(1);
+      hash.update(first);
+      n += first.length;
+      firstRead = true;
+      await gate;
+      for await (const chunk of input) {
+        hash.update(chunk);
+        n += chunk.length;
+      }
+      sr('200 OK', []);
+      return [`${n} ${hash.digest('hex')}`];
+    }) as unknown as Application);
+    const c = await s.connect();
+    const body = randomBytes(32 * 1024 * 1024);
+    const pending = c.request({ script: '/inline/lazy', vars: cgiVars({ method: 'POST', extra: { CONTENT_LENGTH: String(body.length) } }), body });
+    await until(() => firstRead, 'the first read');
+    // Whatever the kernel's buffers hold, far less than the body gets off the client while the app waits.
+    let accepted = 0;
+    for (let i = 0; i < 40; i++) {
+      await sleep(10);
+      accepted = Math.max(accepted, c.socket.bytesWritten - c.socket.writableLength);
+    }
+    expect(accepted).toBeLessThan(8 * 1024 * 1024);
+    release();
+    const r = await pending;
+    expect(r.body.toString()).toBe(`${body.length} ${sha(body)}`);
+  });
+
   it('monitor expire before the head: ERROR TIMEOUT, tsgi.signal carries RequestExpired', async () => {
     let expire!: () => void;
     let ended = 0;

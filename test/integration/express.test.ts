@@ -540,6 +540,33 @@ function psRows(pids: number[]): string {
   return r.stdout.trim();
 }
 
+/** The process group and session of each pid (from /proc/PID/stat). */
+function groupsOf(pids: number[]): Set<number> {
+  const out = new Set<number>();
+  for (const pid of pids) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.add(Number(rest[2])).add(Number(rest[3]));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** `ps` rows of every process whose process group or session is one of `groups`. */
+function psInGroups(groups: Set<number>): string {
+  const r = spawnSync('ps', ['-e', '-o', 'pid=,pgid=,sid=,args='], { encoding: 'utf8' });
+  return r.stdout
+    .split('\n')
+    .filter((line) => {
+      const [, pgid, sid] = line.trim().split(/\s+/).map(Number);
+      return groups.has(pgid!) || groups.has(sid!);
+    })
+    .join('\n');
+}
+
 describe('tsgi express --mode daemon', () => {
   it('serves the app from a daemon group (not an Apache child), shows the banner, and Ctrl-C leaves nothing behind', async () => {
     const dir = appDir({ 'app/where.tsgi': whereApp('v1'), 'static/s.txt': 'static\n' });
@@ -607,6 +634,9 @@ describe('tsgi express --mode daemon', () => {
       for (const pid of seen.keys()) expect(status.stdout).toContain(String(pid));
 
       const all = [...apache, ...daemons];
+      // Apache's process group and the daemons' own sessions (setsid).
+      const groups = groupsOf(all);
+      expect(groups.size).toBeGreaterThanOrEqual(2);
       e.child.kill('SIGINT');
       expect(await exitWithin(e, 40_000)).toEqual({ code: 0, signal: null });
       expect(e.stderr()).toContain('tsgi express: SIGINT: graceful stop');
@@ -616,6 +646,7 @@ describe('tsgi express --mode daemon', () => {
       expect(processesMentioning(`${serverRoot}/`)).toEqual([]);
       expect(daemonProcesses(serverRoot)).toEqual([]);
       expect(psRows(all)).toBe('');
+      expect(psInGroups(groups)).toBe('');
       expect(fs.readdirSync(serverRoot).filter((f) => /\.(sock|status)$/.test(f))).toEqual([]);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

@@ -689,6 +689,27 @@ describe('tsgi express --mode daemon', () => {
     }
   }, 120_000);
 
+  it.runIf(uid === 0)('--user/--group (root): the daemon group runs as that user too (user=/group= in TSGIDaemonProcess)', async () => {
+    const dir = appDir({ 'u.tsgi': whereApp('u1') });
+    const serverRoot = join(dir, 'root');
+    roots.push(serverRoot);
+    try {
+      const port = await freePort();
+      const e = runExpress(['start-server', join(dir, 'u.tsgi'), '--mode', 'daemon', '--port', String(port), '--server-root', serverRoot, '--user', 'nobody', '--group', 'nogroup']);
+      await e.waitFor('stderr', /Press Ctrl-C to stop\./, 60_000);
+      expect(e.stderr()).toContain(`  Daemon:      ${process.execPath}, runs as nobody\n`);
+      expect(fs.readFileSync(join(serverRoot, 'httpd.conf'), 'utf8')).toMatch(/^TSGIDaemonProcess u processes=1 threads=5 user=nobody group=nogroup /m);
+      const w = JSON.parse((await request(`http://127.0.0.1:${port}/`)).text) as Where;
+      const nobody = Number(spawnSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).stdout.trim());
+      expect(w).toMatchObject({ version: 'u1', group: 'u', uid: nobody });
+      e.child.kill('SIGINT');
+      expect(await exitWithin(e, 40_000)).toEqual({ code: 0, signal: null });
+      expect(serverProcesses(serverRoot)).toEqual([]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
   it('setup-server + apachectl start|graceful|stop in daemon mode', async () => {
     const dir = appDir({ 'app.tsgi': whereApp('s1') });
     const serverRoot = join(dir, 'root');

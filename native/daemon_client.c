@@ -45,6 +45,11 @@ APLOG_USE_MODULE(tsgi);
 #define TSGI_RECV_BYTES (64 * 1024)      /* response bytes per recv() */
 #define TSGI_OUT_BUFFERED (256 * 1024)   /* response bytes held before they are passed on */
 #define TSGI_POOL_MAX_IDLE 64            /* idle connections kept per group and child */
+/* A pooled connection pins its requests to one daemon process: a process that joins the
+ * pool (a replacement after a crash, a bigger pool after a restart) only gets work over
+ * new connections. Retiring connections after a second spreads the load again within
+ * about that long, for the cost of one connect per connection and second. */
+#define TSGI_CONN_MAX_AGE apr_time_from_sec(1)
 #define TSGI_CONNECT_BACKOFF_MAX_MS 200
 #define TSGI_STATUS_TIMEOUT_MS 5000      /* a group slower than this shows as not answering */
 #define TSGI_STATUS_CONNECT_TIMEOUT 2    /* s: the status page does not wait out connect-timeout */
@@ -53,6 +58,7 @@ typedef struct tsgi_conn {
     int fd;
     uint32_t pid;  /* the daemon process on the other end (its HELLO), 0 until known */
     int fresh;     /* connected for this request: HELLO goes first */
+    apr_time_t born;
     struct tsgi_conn *next;
 } tsgi_conn_t;
 
@@ -148,7 +154,7 @@ static tsgi_conn_t *pool_take(tsgi_pool_t *p)
         pfd.fd = c->fd;
         pfd.events = POLLIN;
         pfd.revents = 0;
-        if (poll(&pfd, 1, 0) == 0) {
+        if (apr_time_now() - c->born < TSGI_CONN_MAX_AGE && poll(&pfd, 1, 0) == 0) {
             c->fresh = 0;
             c->next = NULL;
             return c;
@@ -163,7 +169,7 @@ static void pool_put(tsgi_pool_t *p, tsgi_conn_t *c)
         conn_close(c);
         return;
     }
-    if (p->nidle < TSGI_POOL_MAX_IDLE) {
+    if (p->nidle < TSGI_POOL_MAX_IDLE && apr_time_now() - c->born < TSGI_CONN_MAX_AGE) {
         c->next = p->idle;
         p->idle = c;
         p->nidle++;
@@ -242,6 +248,7 @@ static int conn_open(request_rec *r, const tsgi_daemon_group_t *g, const char *w
             }
             c->fd = fd;
             c->fresh = 1;
+            c->born = apr_time_now();
             *out = c;
             return OK;
         }
@@ -327,6 +334,7 @@ typedef struct {
     const char *status_json; /* STATUS reply */
     size_t status_len;
     int sys_errno;
+    apr_time_t sent_at; /* the REQUEST (or STATUS) was handed to the socket */
 } tsgi_x_t;
 
 static apr_status_t parser_cleanup(void *data)
@@ -611,6 +619,7 @@ static void x_init(tsgi_x_t *x, request_rec *r, const tsgi_daemon_group_t *g, ts
     apr_pool_cleanup_register(r->pool, &x->parser, parser_cleanup, apr_pool_cleanup_null);
     (void)tsgi_wire_parser_begin(&x->parser, expect);
     x->rbuf = apr_palloc(r->pool, TSGI_RECV_BYTES);
+    x->sent_at = apr_time_now();
     x->ob = apr_brigade_create(r->pool, r->connection->bucket_alloc);
 }
 
@@ -792,6 +801,16 @@ int tsgi_daemon_forward(const tsgi_embed_request_t *req, tsgi_daemon_group_t *gr
                           g->name, pid, what, x.parser.err, x.head_applied ? "; the response is truncated" : "");
             return x.head_applied ? truncated(r) : HTTP_BAD_GATEWAY;
         default: /* X_EOF, X_SYSTEM, X_STALE after its retries */
+            if (outcome == X_EOF && !x.head_applied && g->request_timeout > 0 &&
+                apr_time_now() - x.sent_at >= apr_time_from_sec(g->request_timeout)) {
+                /* A process blocked past request-timeout is killed by its supervisor and
+                 * cannot say so: the time it had is what tells this apart from a crash. */
+                ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                              TSGILOG(0317) "group %s: the daemon (pid %s) closed the connection after "
+                                            "request-timeout (%d s) during %s: recycled for it",
+                              g->name, pid, g->request_timeout, what);
+                return HTTP_GATEWAY_TIME_OUT;
+            }
             ap_log_rerror(APLOG_MARK, APLOG_ERR, x.sys_errno, r,
                           TSGILOG(0313) "group %s: the daemon (pid %s) %s during %s%s", g->name, pid,
                           outcome == X_SYSTEM ? "could not be talked to" : "closed the connection (it died?)", what,

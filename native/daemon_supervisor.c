@@ -472,14 +472,14 @@ static int tsgi_spawn(tsgi_retained_t *rt, tsgi_rgroup_t *rg, pid_t replaces, ap
     APR_ARRAY_PUSH(argv, const char *) = NULL;
 
     {
-        /* home=, else the home of user= when it exists (nobody's is /nonexistent), else /. */
+        /* home=, else the daemon user's home when it exists (nobody's is /nonexistent), else /. */
         struct passwd *pw = getpwuid(as_root ? uid : geteuid());
         struct stat hst;
         if (as_root && pw)
             user_name = apr_pstrdup(ptemp, pw->pw_name);
         if (g->home)
             home = g->home;
-        else if (g->user && pw && pw->pw_dir && stat(pw->pw_dir, &hst) == 0 && S_ISDIR(hst.st_mode))
+        else if (pw && pw->pw_dir && stat(pw->pw_dir, &hst) == 0 && S_ISDIR(hst.st_mode))
             home = apr_pstrdup(ptemp, pw->pw_dir);
         else
             home = "/";

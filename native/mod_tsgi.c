@@ -1139,30 +1139,6 @@ static void tsgi_register_hooks(apr_pool_t *p)
     ap_hook_handler(tsgi_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
-#ifdef TSGI_NO_DAEMON_CLIENT
-/* Until native/daemon_client.c is part of the build: delegated requests get a clear 503. */
-void tsgi_daemon_child_init(apr_pool_t *pchild, server_rec *s)
-{
-    (void)pchild;
-    (void)s;
-}
-
-int tsgi_daemon_forward(const tsgi_embed_request_t *req, tsgi_daemon_group_t *group)
-{
-    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r,
-                  TSGILOG(0011) "daemon mode: this build has no daemon client: cannot forward %s to "
-                  "group '%s'",
-                  req->script, group->name);
-    return HTTP_SERVICE_UNAVAILABLE;
-}
-
-int tsgi_daemon_status_handler(request_rec *r)
-{
-    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, TSGILOG(0012) "tsgi-status: this build has no daemon client");
-    return HTTP_SERVICE_UNAVAILABLE;
-}
-#endif
-
 AP_DECLARE_MODULE(tsgi) = {
     STANDARD20_MODULE_STUFF,
     tsgi_create_dir_conf,

@@ -11,13 +11,14 @@
  */
 import { describe, it, expect, beforeAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startApache, type ApacheInstance } from '../harness/apache';
 import { request } from '../harness/http';
 import { pidAlive } from '../harness/proc';
 import { daemonTrees, ensureMode, groupStatus, pollFor, readStatusSocket, statusSockets, uidGid, type DaemonTree } from '../helpers/mod-tsgi';
-import { MOD_TSGI } from '../helpers/mod-tsgi';
+import { ensureModTsgiAsan, MOD_TSGI, MOD_TSGI_ASAN, sanitizerEnv } from '../helpers/mod-tsgi';
 import { ROOT } from '../helpers/serve';
 
 const APP = join(ROOT, 'examples', 'hello.tsgi');
@@ -216,4 +217,34 @@ describe('daemon supervisor', () => {
     expect(sockets.filter((p) => existsSync(p))).toEqual([]);
     execFileSync('rm', ['-rf', apache.root]);
   });
+
+  it('under ASan, LSan and UBSan: start, kill -9, graceful, stop leave no sanitizer report', async () => {
+    ensureModTsgiAsan();
+    const logDir = mkdtempSync(join(tmpdir(), 'tsgi-asan-sup-'));
+    chmodSync(logDir, 0o777);
+    const REPORT = /ERROR: (AddressSanitizer|LeakSanitizer)|WARNING: (AddressSanitizer|LeakSanitizer)|runtime error:|Sanitizer has encountered a fatal error|Sanitizer CHECK failed/;
+    const apache = await startApache({
+      modules: [MOD_TSGI_ASAN],
+      env: sanitizerEnv(logDir),
+      config: `TSGIDaemonProcess asan processes=1 graceful-timeout=3 env=A=1\nTSGIScriptAlias /hello ${APP} process-group=asan\n`,
+    });
+    let log = '';
+    try {
+      const first = await tree(apache, 1);
+      await expectHello(apache);
+      process.kill(first.supervisor, 'SIGKILL');
+      const second = await tree(apache, 1, first.supervisor);
+      await expectHello(apache);
+      await apache.graceful();
+      await tree(apache, 1, second.supervisor);
+      await expectHello(apache);
+    } finally {
+      await apache.stop();
+      log = apache.errorLog();
+    }
+    const reports = readdirSync(logDir).map((f) => readFileSync(join(logDir, f), 'utf8')).filter((t) => REPORT.test(t));
+    expect(reports.join('\n')).toBe('');
+    expect(log).not.toMatch(REPORT);
+    rmSync(logDir, { recursive: true, force: true });
+  }, 600_000); // the instrumented build, when it is missing or stale
 });

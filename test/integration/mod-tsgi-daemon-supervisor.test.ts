@@ -83,6 +83,7 @@ describe('daemon supervisor', () => {
     try {
       const first = await tree(apache, 2);
       expect(cmdline(first.supervisor)).toBe('(tsgi:sup)');
+      await apache.waitForLog(new RegExp(`preloaded ${APP.replace(/\./g, '\\.')}`));
       expect(apache.errorLog()).toMatch(new RegExp(`TSGI0226: group sup: started supervisor pid ${first.supervisor} \\(\\S*node \\S*/dist/daemon-mode\\.js --apache, 2 process\\(es\\)\\)`));
 
       // The sockets of the contract: <prefix>.<parentpid>.<n>.sock and .status, 0600.
@@ -135,12 +136,15 @@ describe('daemon supervisor', () => {
   it('user= and group=: the daemons run as that user, the status socket is theirs, the data socket stays the Apache user\'s', async () => {
     const nobody = idOf('-u', 'nobody');
     const nogroup = idOf('-g', 'nobody');
-    await withApache(`TSGIDaemonProcess nob processes=1 user=nobody graceful-timeout=3\nTSGIScriptAlias /hello ${APP} process-group=nob\n`, async (apache) => {
+    // Routed by a server-level TSGIProcessGroup this time (the other test: process-group=).
+    await withApache(`TSGIDaemonProcess nob processes=1 user=nobody graceful-timeout=3\nTSGIProcessGroup nob\nTSGIScriptAlias /hello ${APP}\n`, async (apache) => {
       const t = await tree(apache, 1);
       for (const pid of [t.supervisor, ...t.workers]) expect(uidGid(pid)).toEqual({ uid: nobody, gid: nogroup });
       expect(statSync(statusSockets(apache.root)[0]!).uid).toBe(nobody);
       expect(statSync(dataSockets(apache.root)[0]!).uid).toBe(idOf('-u', 'www-data'));
       expect((await groupStatus(apache.root, 'nob')).pid).toBe(t.supervisor);
+      // The script is in the launch config's "preload": the worker loaded it at start.
+      await apache.waitForLog(new RegExp(`preloaded ${APP.replace(/\./g, '\\.')}`));
       await expectHello(apache);
     });
   });

@@ -42,11 +42,6 @@ const BAD: BadCase[] = [
   { name: 'TSGIScriptAlias with an unknown option', config: `TSGIScriptAlias /rest ${APP} bogus=1`, reason: "TSGIScriptAlias: unknown option 'bogus'" },
   { name: 'TSGIScriptAlias with a bare extra argument', config: `TSGIScriptAlias /rest ${APP} extra`, reason: "TSGIScriptAlias: unexpected argument 'extra'" },
   {
-    name: 'TSGIScriptAlias process-group= (no daemon mode yet)',
-    config: `TSGIScriptAlias /rest ${APP} process-group=pool`,
-    reason: 'TSGIScriptAlias: process-group=pool: daemon mode is not available',
-  },
-  {
     name: 'TSGIScriptAlias application-group= with an unknown %{...}',
     config: `TSGIScriptAlias /rest ${APP} application-group=%{BOGUS}`,
     reason: "TSGIScriptAlias application-group=: invalid application group '%{BOGUS}'",

@@ -28,7 +28,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { getSystemErrorName } from 'node:util';
-import { apacheFormatLog, parseLogLevel } from './gateway/apache-log';
+import { apacheFormatLog, parseLogLevel, redirectStdio } from './gateway/apache-log';
 import { streamLog, type ErrorLog, type LogLevel } from './gateway/log';
 import type { InFlight, MasterMessage, WorkerConfig, WorkerMessage } from './daemon-worker';
 
@@ -181,6 +181,7 @@ export class DaemonPool {
   private lastMtimeCheck = 0;
   private spawned = 0;
   private readonly startedAt = new Date();
+  private pendingReload: string | null = null;
   private done!: Promise<void>;
   private finish!: () => void;
 
@@ -317,6 +318,8 @@ export class DaemonPool {
       case 'exit':
         return this.onExit(event.worker, event.code, event.signal);
       case 'reload':
+        // Asked while starting (a worker already serving saw its script change): once all are up.
+        if (this.phase === 'starting') this.pendingReload ??= event.why;
         if (this.phase !== 'running') return;
         this.log.log('info', `graceful reload (${event.why}): replacing ${this.workers.size} worker(s)`);
         for (const w of this.workers) if (w.state !== 'draining') w.retiring ??= event.why;
@@ -339,6 +342,8 @@ export class DaemonPool {
           this.phase = 'running';
           this.startup?.resolve();
           this.startup = null;
+          if (this.pendingReload !== null) this.handleEvent({ kind: 'reload', why: this.pendingReload });
+          this.pendingReload = null;
         }
         return;
       case 'load-failed':
@@ -354,7 +359,7 @@ export class DaemonPool {
         return;
       case 'recycle':
         // The first worker to notice triggers it; the others are being replaced already.
-        if (w.state === 'draining' || w.retiring || this.phase !== 'running') return;
+        if (w.state === 'draining' || w.retiring) return;
         this.handleEvent({ kind: 'reload', why: m.reason });
         return;
       case 'retire':
@@ -947,6 +952,12 @@ export async function runApacheDaemon(): Promise<number> {
     await new Promise((r) => setTimeout(r, config.startDelayMs));
   }
   process.title = config.displayName;
+  // Node's own warnings and anything else written to stdio become log entries too.
+  redirectStdio(log);
+  process.on('uncaughtException', (err) => {
+    log.log('error', `supervisor failure: ${err?.stack ?? String(err)}`);
+    process.exit(70);
+  });
 
   let pool: DaemonPool;
   try {

@@ -209,7 +209,7 @@ async function waitFor<T>(what: string, probe: () => T | undefined | null | fals
   }
 }
 
-const ready = (d: Launched) => waitFor('the ready line', () => /daemon app: ready: /.test(d.log()) || d.child.exitCode !== null, d, 30_000);
+const ready = (d: Launched) => waitFor('the ready line', () => /daemon app: ready: \d+ process\(es\)/.test(d.log()) || d.child.exitCode !== null, d, 30_000);
 
 function readStatus(p: string): Promise<PoolStatusReport> {
   return new Promise((resolve, reject) => {
@@ -300,6 +300,11 @@ describe('daemon-mode.js --apache: a pool of 2 behind the inherited socket', () 
     expect(json.status).toBe(0);
     const parsed = JSON.parse(json.stdout) as PoolStatusReport[];
     expect(parsed.find((x) => x.pid === d.child.pid)?.processes).toHaveLength(2);
+    if (process.getuid?.() === 0) {
+      const nobody = spawnSync(process.execPath, [BIN, 'status', '--socket-prefix', prefix], { encoding: 'utf8', uid: 65534, gid: 65534 });
+      expect(nobody.status).toBe(1);
+      expect(nobody.stderr).toContain(`${d.statusPath}: permission denied; run as root or as the daemon's user`);
+    }
     const none = spawnSync(process.execPath, [BIN, 'status', '--socket-prefix', path.join(dir, 'nothing-here')], { encoding: 'utf8' });
     expect(none.status).toBe(1);
     expect(none.stderr).toContain('no daemon-mode status sockets match');
@@ -435,7 +440,7 @@ describe('daemon-mode.js --apache: lifecycle', () => {
 
   it('stops when the Apache parent is gone (kill -9)', async () => {
     const d = await launch({}, { viaShell: true });
-    await waitFor('the ready line', () => /daemon app: ready: /.test(d.log()), d, 30_000);
+    await waitFor('the ready line', () => /daemon app: ready: \d+ process\(es\)/.test(d.log()), d, 30_000);
     const s = await readStatus(d.statusPath);
     const supervisor = s.pid;
     expect(supervisor).not.toBe(d.child.pid);

@@ -304,6 +304,7 @@ enum {
     X_CLIENT_GONE,   /* passing the response on failed */
     X_BODY_FAILED,   /* reading the request body failed: body_rv */
     X_STALE,         /* a pooled connection was closed before it took the request: retry */
+    X_NO_HELLO,      /* connected, but no daemon greeted within connect-timeout */
     X_SYSTEM         /* poll/send failed otherwise: sys_errno */
 };
 
@@ -335,6 +336,10 @@ typedef struct {
     size_t status_len;
     int sys_errno;
     apr_time_t sent_at; /* the REQUEST (or STATUS) was handed to the socket */
+    /* A new connection only counts as made once a daemon greets on it: the listening
+     * socket belongs to the Apache parent, so connect() succeeds even when no daemon is
+     * there to accept (not started yet, exec failing, all blocked). */
+    apr_time_t hello_deadline;
 } tsgi_x_t;
 
 static apr_status_t parser_cleanup(void *data)
@@ -544,7 +549,7 @@ static int x_write(tsgi_x_t *x)
 
 static int x_run(tsgi_x_t *x)
 {
-    int rc;
+    int rc, timeout;
     for (;;) {
         struct pollfd pfd;
         int n, pending = x->out_off < x->out_len;
@@ -582,7 +587,10 @@ static int x_run(tsgi_x_t *x)
         pfd.fd = x->conn->fd;
         pfd.events = (short)((x->trailer ? 0 : POLLIN) | (pending ? POLLOUT : 0));
         pfd.revents = 0;
-        n = poll(&pfd, 1, x->timeout_ms);
+        timeout = x->timeout_ms;
+        if (x->hello_deadline && !x->parser.hello_seen && wait_ms(x->hello_deadline) < timeout)
+            timeout = wait_ms(x->hello_deadline);
+        n = poll(&pfd, 1, timeout);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -590,7 +598,8 @@ static int x_run(tsgi_x_t *x)
             return X_SYSTEM;
         }
         if (n == 0)
-            return X_TIMEOUT;
+            return x->hello_deadline && !x->parser.hello_seen && apr_time_now() >= x->hello_deadline ? X_NO_HELLO
+                                                                                                  : X_TIMEOUT;
         if (pending && (pfd.revents & (POLLOUT | POLLERR | POLLHUP)) && (rc = x_write(x)) >= 0)
             return rc;
         if (!x->trailer && (pfd.revents & (POLLIN | POLLERR | POLLHUP))) {
@@ -620,6 +629,11 @@ static void x_init(tsgi_x_t *x, request_rec *r, const tsgi_daemon_group_t *g, ts
     (void)tsgi_wire_parser_begin(&x->parser, expect);
     x->rbuf = apr_palloc(r->pool, TSGI_RECV_BYTES);
     x->sent_at = apr_time_now();
+    if (conn->fresh)
+        x->hello_deadline =
+            x->sent_at + apr_time_from_sec(expect == TSGI_WIRE_EXPECT_STATUS ? TSGI_STATUS_CONNECT_TIMEOUT
+                                           : g->connect_timeout > 0         ? g->connect_timeout
+                                                                            : TSGI_DAEMON_DEFAULT_CONNECT_TIMEOUT);
     x->ob = apr_brigade_create(r->pool, r->connection->bucket_alloc);
 }
 
@@ -789,6 +803,12 @@ int tsgi_daemon_forward(const tsgi_embed_request_t *req, tsgi_daemon_group_t *gr
                 return truncated(r);
             return ap_map_http_request_error(x.body_rv, HTTP_BAD_REQUEST);
         }
+        case X_NO_HELLO:
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                          TSGILOG(0318) "group %s: no daemon accepted the connection to %s within connect-timeout "
+                                        "(%d s; is the group's daemon running? its start is logged): %s",
+                          g->name, g->socket_path, g->connect_timeout, what);
+            return HTTP_SERVICE_UNAVAILABLE;
         case X_TIMEOUT:
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                           TSGILOG(0311) "group %s (daemon pid %s): no frame within socket-timeout (%d s) during "
@@ -1052,7 +1072,8 @@ static const char *status_query(request_rec *r, const tsgi_daemon_group_t *g, co
     }
     else {
         conn_close(conn);
-        *why = outcome == X_TIMEOUT  ? "no answer within the timeout"
+        *why = outcome == X_NO_HELLO ? "no daemon accepted the connection"
+               : outcome == X_TIMEOUT ? "no answer within the timeout"
                : x.err_msg           ? apr_psprintf(r->pool, "%s: %s", tsgi_wire_error_name(x.err_code), x.err_msg)
                : outcome == X_PROTOCOL ? apr_pstrcat(r->pool, "protocol error: ", x.parser.err, NULL)
                                      : "the daemon closed the connection";

@@ -24,8 +24,12 @@ import {
   encodeClientHello,
   encodeFrame,
   encodeRequest,
+  encodeStatusRequest,
   BODY,
   REQUEST,
+  WireParser,
+  D_ERROR,
+  decodeError,
 } from '../../src/transports/protocols/tsgi-wire';
 import { WireClient, cgiVars } from '../helpers/wire-client';
 import { memoryLog } from '../helpers/memory-sink';
@@ -647,5 +651,63 @@ describe('protocol errors', () => {
     const all = Buffer.concat(got);
     expect(all[0]).toBe(0x85);
     expect(all.toString('latin1')).toMatch(/HTTP/);
+  });
+});
+
+describe('random streams against the live server (bounded, seeded; FUZZ_SEED to replay)', () => {
+  it('whatever a peer sends, the daemon answers with well-formed, well-ordered frames, never fails internally, and keeps serving', async () => {
+    let seed = Number(process.env.FUZZ_SEED ?? 4242) >>> 0;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      return (seed >>> 8) % n;
+    };
+    const echo: Application = (async (environ: Record<string, any>, sr: (s: string, h: [string, string][]) => void) => {
+      const body = await environ['tsgi.input'].read();
+      sr('200 OK', [['Content-Type', 'application/octet-stream']]);
+      return environ.PATH_INFO === '/stream' ? (async function* () { yield body; yield 'more'; })() : [body];
+    }) as unknown as Application;
+    const s = await start({ threads: 2, providers: () => fixedApp(echo) });
+    const iterations = 150;
+    let refused = 0;
+    for (let i = 0; i < iterations; i++) {
+      const parts: Buffer[] = [encodeClientHello(rand(8) === 0 ? randomBytes(32) : s.secret)];
+      for (let k = rand(4); k > 0; k--) {
+        if (rand(6) === 0) {
+          parts.push(encodeStatusRequest());
+          continue;
+        }
+        const hasBody = rand(2) === 0;
+        parts.push(encodeRequest({ script: '/echo', vars: cgiVars({ method: hasBody ? 'POST' : 'GET', pathInfo: rand(2) ? '/stream' : '/' }), hasBody }));
+        if (!hasBody) continue;
+        for (let b = rand(3); b > 0; b--) parts.push(encodeBody(randomBytes(1 + rand(3000))));
+        parts.push(rand(3) === 0 ? encodeAbort('gone') : encodeBodyEnd());
+      }
+      let input = Buffer.concat(parts);
+      const m = rand(4);
+      if (m === 1) input[rand(input.length)] ^= 1 << rand(8);
+      else if (m === 2) input = input.subarray(0, rand(input.length + 1));
+      else if (m === 3) {
+        const at = rand(input.length + 1);
+        input = Buffer.concat([input.subarray(0, at), randomBytes(1 + rand(12)), input.subarray(at)]);
+      }
+      const sock = net.connect(s.path);
+      const got: Buffer[] = [];
+      sock.on('data', (d) => got.push(d));
+      sock.on('error', () => undefined);
+      await new Promise((r) => sock.once('connect', r));
+      sock.end(input);
+      await new Promise((r) => sock.once('close', r));
+      const parser = new WireParser({ from: 'daemon' });
+      const frames = parser.feed(Buffer.concat(got));
+      expect(parser.atBoundary, `input #${i}: ${parser.describeTruncation()}`).toBe(true);
+      for (const f of frames) if (f.type === D_ERROR && [ErrorCode.PROTOCOL, ErrorCode.AUTH].includes(decodeError(f.payload).code as 6 | 7)) refused++;
+    }
+    expect(refused).toBeGreaterThan(iterations / 10);
+    expect(s.log.entries.filter((e) => /internal error/.test(e.message))).toEqual([]);
+    await until(() => s.server.running === 0 && s.server.queued === 0, 'every request to end');
+    const c = await s.connect();
+    const r = await c.request({ script: '/echo', vars: cgiVars({ method: 'POST' }), body: Buffer.from('still serving') });
+    expect(r.body.toString()).toBe('still serving');
+    expect(r.trailer.kind).toBe('end');
   });
 });

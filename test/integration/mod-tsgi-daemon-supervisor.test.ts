@@ -208,6 +208,43 @@ describe('daemon supervisor', () => {
     });
   });
 
+  it("a group defined in a virtual host logs to that host's ErrorLog; .htaccess picks a group, and an undefined one is a 500", async () => {
+    const app = "export function application(environ: any, startResponse: any) {\n  startResponse('200 OK', [['Content-Type', 'text/plain']]);\n  return [`${environ['mod_tsgi.process_group']} ${process.pid}`];\n}\n";
+    const apache = await startApache({
+      modules: [MOD_TSGI],
+      files: { 'ht/good/app.tsgi': app, 'ht/good/.htaccess': 'TSGIProcessGroup vh\n', 'ht/bad/app.tsgi': app, 'ht/bad/.htaccess': 'TSGIProcessGroup nosuch\n' },
+      config: ({ root, port }) => `
+Alias /ht ${root}/ht
+<Directory ${root}/ht>
+  AllowOverride FileInfo
+  Options +ExecCGI
+  AddHandler tsgi-script .tsgi
+</Directory>
+<VirtualHost 127.0.0.1:${port}>
+  ServerName v.test
+  ErrorLog ${root}/vhost-error.log
+  TSGIDaemonProcess vh processes=1 graceful-timeout=3
+</VirtualHost>
+`,
+    });
+    try {
+      const t = await tree(apache, 1);
+      const good = await request(apache.url('/ht/good/app.tsgi'));
+      expect(good.status, good.text).toBe(200);
+      expect(good.text).toBe(`vh ${t.workers[0]}`);
+      const bad = await request(apache.url('/ht/bad/app.tsgi'));
+      expect(bad.status).toBe(500);
+      const vhostLog = () => readFileSync(join(apache.root, 'vhost-error.log'), 'utf8');
+      await pollFor('the .htaccess error in the error log', () => (/TSGIProcessGroup: no TSGIDaemonProcess named 'nosuch' is defined/.test(vhostLog() + apache.errorLog()) ? true : undefined));
+      // The daemons write to the defining host's log, not the main server's.
+      const own = new RegExp(`\\[tsgi:\\w+\\] \\[pid (${t.supervisor}|${t.workers[0]})\\]`);
+      expect(vhostLog()).toMatch(own);
+      expect(apache.errorLog()).not.toMatch(own);
+    } finally {
+      await apache.stop();
+    }
+  });
+
   it('the sockets are removed at stop', async () => {
     const apache = await startApache({ modules: [MOD_TSGI], config: 'TSGIDaemonProcess gone processes=1 graceful-timeout=2\n', keepRoot: true });
     let sockets: string[] = [];

@@ -6,13 +6,20 @@
  * requests in its module scope, in a globalThis property and in a required module (the
  * module cache), and each group sees only its own counts. Apps configured into the same
  * group (%{GLOBAL}, a named group) do share them. Everything runs in one child (same pid).
+ *
+ * Embedded only: a Node environment per application group is how embedded mode isolates
+ * apps inside one Apache child. A daemon process is one Node process (its application
+ * groups share its globals); daemon mode isolates with process groups instead, which the
+ * second describe checks: two virtual hosts, each with its own TSGIDaemonProcess, run the
+ * same script in different processes with separate state, and the application group
+ * each app is told is the same as in embedded mode.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startApache, type ApacheInstance } from '../harness/apache';
 import { request } from '../harness/http';
-import { ensureModTsgi, MOD_TSGI } from '../helpers/mod-tsgi';
+import { daemonTrees, ensureModTsgi, ensureMode, MOD_TSGI, pollFor } from '../helpers/mod-tsgi';
 import { ROOT } from '../helpers/serve';
 
 const COUNTER = join(ROOT, 'test', 'fixtures', 'counter.tsgi');
@@ -132,5 +139,77 @@ describe('application groups', () => {
     expect(new Set([...log.matchAll(/\[pid (\d+):tid \d+\] TSGI0120/g)].map((m) => m[1]))).toEqual(new Set([String(pid)]));
     expect((await hit('a.test', '/one')).pid).toBe(pid);
     console.log(`mod_tsgi groups: child ${pid} with 5 application groups: VmRSS ${Math.round(rssKb(pid) / 1024)} MiB`);
+  });
+});
+
+describe('daemon mode: process groups isolate virtual hosts', () => {
+  let daemon: ApacheInstance;
+
+  beforeAll(async () => {
+    ensureMode('daemon');
+    daemon = await startApache({
+      modules: [MOD_TSGI],
+      config: ({ port }) =>
+        [
+          'StartServers 1',
+          'MinSpareThreads 1',
+          'MaxSpareThreads 64',
+          'ThreadsPerChild 16',
+          'ServerLimit 1',
+          'MaxRequestWorkers 16',
+          `<VirtualHost 127.0.0.1:${port}>`,
+          '  ServerName a.test',
+          '  TSGIDaemonProcess a-group processes=1',
+          '  TSGIProcessGroup a-group',
+          `  TSGIScriptAlias /one ${COUNTER}`,
+          `  TSGIScriptAlias /global1 ${COUNTER} application-group=%{GLOBAL}`,
+          '</VirtualHost>',
+          `<VirtualHost 127.0.0.1:${port}>`,
+          '  ServerName b.test',
+          '  TSGIDaemonProcess b-group processes=1',
+          `  TSGIScriptAlias /one ${COUNTER} process-group=b-group`,
+          `  TSGIScriptAlias /global ${COUNTER} application-group=%{GLOBAL} process-group=b-group`,
+          '</VirtualHost>',
+        ].join('\n'),
+    });
+  }, 600_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+  });
+
+  const hitD = async (host: string, path: string): Promise<Counts> => {
+    const r = await request(daemon.url(path), { headers: { Host: `${host}:${daemon.port}` } });
+    expect(r.status, r.text).toBe(200);
+    return JSON.parse(r.text) as Counts;
+  };
+
+  it('the same script in two virtual hosts runs in two processes of two groups, with separate state', async () => {
+    const { value: trees } = await pollFor('two groups with one worker each', () => {
+      const t = daemonTrees(daemon.pid);
+      return t.length === 2 && t.every((x) => x.workers.length === 1) ? t : undefined;
+    });
+    const a1 = await hitD('a.test', '/one');
+    expect(a1.group).toBe(`a.test:${daemon.port}|/one`);
+    expect(counts(a1)).toEqual([1, 1, 1]);
+    expect(counts(await hitD('a.test', '/one'))).toEqual([2, 2, 2]);
+    const b1 = await hitD('b.test', '/one');
+    expect(b1.group).toBe(`b.test:${daemon.port}|/one`);
+    expect(counts(b1)).toEqual([1, 1, 1]);
+    expect(b1.pid).not.toBe(a1.pid);
+    const workerOf = (pid: number) => trees.find((t) => t.workers.includes(pid));
+    expect(workerOf(a1.pid)).toBeDefined();
+    expect(workerOf(b1.pid)).toBeDefined();
+    expect(workerOf(a1.pid)!.supervisor).not.toBe(workerOf(b1.pid)!.supervisor);
+    // %{GLOBAL} in each virtual host is the group's own: a.test's never sees b.test's.
+    const ga = await hitD('a.test', '/global1');
+    expect(ga.group).toBe('');
+    expect(ga.pid).toBe(a1.pid);
+    const gb = await hitD('b.test', '/global');
+    expect(gb.group).toBe('');
+    expect(gb.pid).toBe(b1.pid);
+    expect(ga.module).toBe(1);
+    expect(gb.module).toBe(1);
+    expect(counts(await hitD('a.test', '/one'))).toEqual([3, expect.any(Number), expect.any(Number)]);
   });
 });

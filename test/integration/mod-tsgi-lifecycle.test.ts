@@ -5,6 +5,10 @@
  *
  * The app waits for a flag file before it finishes, so nothing depends on timing: the
  * test creates the flag only once the restart or stop is under way.
+ *
+ * In daemon mode (processes=2) the same: the request runs in a daemon of the group,
+ * which Apache's graceful restart and graceful-stop let finish (the old daemons drain);
+ * a stop ends it, bounded, and leaves no daemon behind.
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { writeFileSync } from 'node:fs';
@@ -12,7 +16,7 @@ import * as http from 'node:http';
 import { join } from 'node:path';
 import { startApache, type ApacheInstance, type Mpm } from '../harness/apache';
 import { request } from '../harness/http';
-import { ensureModTsgi, MOD_TSGI } from '../helpers/mod-tsgi';
+import { daemonTrees, ensureMode, MOD_TSGI, modeConfig, TSGI_MODES, type TsgiMode } from '../helpers/mod-tsgi';
 import { ROOT } from '../helpers/serve';
 
 const WAIT_APP = `
@@ -31,8 +35,8 @@ afterEach(async () => {
   for (const a of instances.splice(0)) if (!a.stopped) await a.stop().catch(() => undefined);
 });
 
-async function start(mpm: Mpm): Promise<ApacheInstance> {
-  ensureModTsgi();
+async function start(mpm: Mpm, mode: TsgiMode, daemonOptions?: string): Promise<ApacheInstance> {
+  ensureMode(mode);
   const a = await startApache({
     mpm,
     modules: [MOD_TSGI],
@@ -52,6 +56,7 @@ async function start(mpm: Mpm): Promise<ApacheInstance> {
               'ServerLimit 2',
               'MaxRequestWorkers 32',
             ]),
+        modeConfig(mode, { options: daemonOptions }),
       ].join('\n'),
   });
   instances.push(a);
@@ -86,9 +91,11 @@ function inFlight(url: string): InFlight {
   return { started, done };
 }
 
-describe.each(['event', 'worker', 'prefork'] as const)('%s MPM: a request in flight across restarts and stops', (mpm) => {
+const CASES = (['event', 'worker', 'prefork'] as const).flatMap((mpm) => TSGI_MODES.map((mode) => [mpm, mode] as const));
+
+describe.each(CASES)('%s MPM, %s mode: a request in flight across restarts and stops', (mpm, mode) => {
   it('graceful restart: it finishes with a complete response; the new generation serves', async () => {
-    const a = await start(mpm);
+    const a = await start(mpm, mode);
     const flag = join(a.root, 'flag-graceful');
     const req = inFlight(a.url(`/wait?flag=${encodeURIComponent(flag)}`));
     await req.started;
@@ -104,7 +111,7 @@ describe.each(['event', 'worker', 'prefork'] as const)('%s MPM: a request in fli
   }, 60_000);
 
   it('graceful-stop: it finishes with a complete response, then Apache exits cleanly', async () => {
-    const a = await start(mpm);
+    const a = await start(mpm, mode);
     const flag = join(a.root, 'flag-graceful-stop');
     const req = inFlight(a.url(`/wait?flag=${encodeURIComponent(flag)}`));
     await req.started;
@@ -117,22 +124,45 @@ describe.each(['event', 'worker', 'prefork'] as const)('%s MPM: a request in fli
     expect(a.errorLog()).not.toMatch(/still did not exit|SIGKILL|exit signal/);
   }, 60_000);
 
-  it('stop: the waiting request gives up at once (child_stopping); no SIGKILL escalation', async () => {
-    const a = await start(mpm);
-    const req = inFlight(a.url(`/wait?flag=${encodeURIComponent(join(a.root, 'never'))}`));
-    await req.started;
-    const t0 = Date.now();
-    const { killed } = await a.stop();
-    console.log(`mod_tsgi (${mpm}): apache2 stop with a request in flight took ${Date.now() - t0} ms`);
-    expect(killed).toEqual([]);
-    const r = await req.done;
-    expect(r.body).toBe('started\n');
-    expect(r.complete).toBe(false);
-    const log = a.errorLog();
-    // The hook ran in the child and woke the waiting request thread. (Its own TSGI0107
-    // line may not make it: an event child stopping non-gracefully exits without waiting
-    // for its workers.)
-    expect(log).toMatch(/TSGI0129: the child is stopping \(not gracefully\): 1 request\(s\) waiting on JavaScript give up/);
-    expect(log).not.toMatch(/still did not exit|SIGKILL|exit signal/);
-  }, 60_000);
+  if (mode === 'embedded') {
+    // Embedded only: child_stopping wakes the request thread waiting on the Node thread inside the child.
+    it('stop: the waiting request gives up at once (child_stopping); no SIGKILL escalation', async () => {
+      const a = await start(mpm, mode);
+      const req = inFlight(a.url(`/wait?flag=${encodeURIComponent(join(a.root, 'never'))}`));
+      await req.started;
+      const t0 = Date.now();
+      const { killed } = await a.stop();
+      console.log(`mod_tsgi (${mpm}): apache2 stop with a request in flight took ${Date.now() - t0} ms`);
+      expect(killed).toEqual([]);
+      const r = await req.done;
+      expect(r.body).toBe('started\n');
+      expect(r.complete).toBe(false);
+      const log = a.errorLog();
+      // The hook ran in the child and woke the waiting request thread. (Its own TSGI0107
+      // line may not make it: an event child stopping non-gracefully exits without waiting
+      // for its workers.)
+      expect(log).toMatch(/TSGI0129: the child is stopping \(not gracefully\): 1 request\(s\) waiting on JavaScript give up/);
+      expect(log).not.toMatch(/still did not exit|SIGKILL|exit signal/);
+    }, 60_000);
+  } else {
+    it('stop: the client\'s response ends at once, the daemons stop within graceful-timeout, no SIGKILL escalation', async () => {
+      // The app ignores the abort and polls for a flag that never comes: only the
+      // daemon's bounded drain (graceful-timeout=3) ends it.
+      const a = await start(mpm, mode, 'graceful-timeout=3');
+      const req = inFlight(a.url(`/wait?flag=${encodeURIComponent(join(a.root, 'never'))}`));
+      await req.started;
+      const daemons = daemonTrees(a.pid).flatMap((t) => [t.supervisor, ...t.workers]);
+      expect(daemons).toHaveLength(3);
+      const t0 = Date.now();
+      const { killed } = await a.stop({ timeoutMs: 20_000 });
+      console.log(`mod_tsgi (${mpm}, daemon): apache2 stop with a request in flight took ${Date.now() - t0} ms`);
+      expect(killed).toEqual([]);
+      const r = await req.done;
+      expect(r.body).toBe('started\n');
+      expect(r.complete).toBe(false);
+      // Apache never had to escalate (the daemon's own kill of its stuck worker after
+      // graceful-timeout is the bounded drain working, not an escalation).
+      expect(a.errorLog()).not.toMatch(/still did not exit|exit signal/);
+    }, 60_000);
+  }
 });

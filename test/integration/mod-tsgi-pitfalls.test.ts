@@ -14,6 +14,15 @@
  * process-wide handlers and ignored signals (`SigCgt`, `SigIgn`), the sockets a process
  * holds (fd links against /proc/net/tcp{,6} LISTEN entries), anonymous descriptors
  * (eventfd, epoll), zombies, fd flags, VmRSS and private dirty memory.
+ *
+ * The pitfalls are those of a runtime inside Apache's processes, so most are embedded
+ * only (signals, threads, fork and inspector inside an Apache child; libnode's builtins).
+ * The last describe runs the ones with a daemon-mode meaning against an Apache whose apps
+ * run in a TSGIDaemonProcess group (processes=2): no Node in the Apache parent (P2),
+ * errors outside requests logged (P9, P10), the app's own modules (P12), the daemon's
+ * environment is exactly the launch contract's (P13), builtins (P19), worker threads and
+ * warnings, HTTPS (P21), a piped ErrorLog that stays blocking (P11), fresh state after
+ * graceful restarts (P16).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
@@ -24,7 +33,7 @@ import { join } from 'node:path';
 import { startApache, type ApacheInstance } from '../harness/apache';
 import { request } from '../harness/http';
 import { freePort } from '../harness/ports';
-import { ensureModTsgi, MOD_TSGI } from '../helpers/mod-tsgi';
+import { daemonTrees, daemonWorkers, ensureMode, ensureModTsgi, MOD_TSGI, modeConfig, pollFor } from '../helpers/mod-tsgi';
 import { ROOT } from '../helpers/serve';
 
 const INFO_APP = `
@@ -615,4 +624,171 @@ describe('embedding pitfalls (embedding.md §6)', () => {
       expect((await request(apache.url('/hello'))).text).toBe('Hello World!\n');
     }
   });
+});
+
+describe('daemon mode: the pitfalls that have a daemon-mode meaning', () => {
+  let daemon: ApacheInstance;
+  let pipedDaemon: ApacheInstance;
+  let daemonTlsPort: number;
+
+  beforeAll(async () => {
+    ensureMode('daemon');
+    daemonTlsPort = await freePort();
+    [daemon, pipedDaemon] = await Promise.all([
+      startApache({
+        baseModules: [...BASE_MODULES, 'ssl'],
+        modules: [MOD_TSGI],
+        files: {
+          ...APPS,
+          'tls/cert.pem': readFileSync(join(tlsDir, 'cert.pem')),
+          'tls/key.pem': readFileSync(join(tlsDir, 'key.pem')),
+        },
+        // P13: Apache's environment (NODE_OPTIONS included) never reaches the daemons;
+        // their environment is PATH, HOME and the group's env= entries.
+        env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=20', P13_MARKER: 'from the Apache environment' },
+        config: ({ root }) =>
+          [
+            `TSGIScriptAlias /apps/ ${root}/apps/`,
+            `TSGIScriptAlias /p12 ${root}/p12/app.tsgi`,
+            `TSGIScriptAlias /hello ${join(ROOT, 'examples', 'hello.tsgi')}`,
+            'SetEnv P13_PER_REQUEST "from SetEnv"',
+            'TSGIApplicationGroup %{GLOBAL}',
+            `Listen 127.0.0.1:${daemonTlsPort}`,
+            `<VirtualHost 127.0.0.1:${daemonTlsPort}>`,
+            '  SSLEngine on',
+            `  SSLCertificateFile ${root}/tls/cert.pem`,
+            `  SSLCertificateKeyFile ${root}/tls/key.pem`,
+            `  TSGIScriptAlias /crypto ${root}/apps/crypto.tsgi`,
+            '</VirtualHost>',
+            ...MPM_LINES,
+            modeConfig('daemon', { options: 'env=P13_MARKER=from-the-env-option' }),
+          ].join('\n'),
+      }),
+      startApache({
+        baseModules: BASE_MODULES,
+        modules: [MOD_TSGI],
+        files: { 'apps/stderr.tsgi': APPS['apps/stderr.tsgi']! },
+        config: ({ root }) =>
+          [
+            `ErrorLog "|$exec /bin/cat >> ${root}/error.log"`,
+            `TSGIScriptAlias /stderr ${root}/apps/stderr.tsgi`,
+            ...MPM_LINES,
+            modeConfig('daemon'),
+          ].join('\n'),
+      }),
+    ]);
+  }, 600_000);
+
+  afterAll(async () => {
+    await Promise.all([daemon?.stop(), pipedDaemon?.stop()]);
+  });
+
+  const dget = async <T = Record<string, any>>(p: string): Promise<T> => {
+    const r = await request(daemon.url(p), { timeoutMs: 30_000 });
+    expect(r.status, r.text).toBe(200);
+    return JSON.parse(r.text) as T;
+  };
+  const dinfo = () => dget<{ pid: number; count: number } & Record<string, any>>('/apps/info.tsgi');
+
+  it('P2: the Apache parent never starts Node: one thread, no event loop descriptors; the apps run in the daemons', async () => {
+    const { pid } = await dinfo();
+    expect(daemonWorkers(daemon.pid)).toContain(pid);
+    expect(tids(daemon.pid)).toHaveLength(1);
+    expect(fdKinds(daemon.pid)).not.toContain('[eventfd]');
+    expect(fdKinds(daemon.pid)).not.toContain('[eventpoll]');
+  });
+
+  it('P9/P10: an uncaught exception and an unhandled rejection are logged with their stacks; the group keeps serving', async () => {
+    const mark = daemon.logMark();
+    expect((await request(daemon.url('/apps/uncaught.tsgi'))).status).toBe(200);
+    await daemon.waitForLog(/P9 thrown from a setTimeout callback[\s\S]*uncaught\.tsgi:\d+/, 5000, mark);
+    expect((await request(daemon.url('/apps/rejection.tsgi'))).status).toBe(200);
+    await daemon.waitForLog(/P10 nobody handles this rejection[\s\S]*rejection\.tsgi:\d+/, 5000, mark);
+    const after = await dinfo();
+    expect(daemonWorkers(daemon.pid)).toContain(after.pid);
+  });
+
+  it('P12: the app’s own node_modules, relative imports and createRequire work; the cwd is the daemon’s home, not the app’s', async () => {
+    const r = await dget('/p12');
+    expect(r).toEqual({
+      imported: 'p12-pkg from the app node_modules',
+      required: 'p12-pkg from the app node_modules',
+      resolved: join(daemon.root, 'p12', 'node_modules', 'p12-pkg', 'lib', 'main.js'),
+      helper: 'helper.ts via a relative import',
+      data: 'data.json via createRequire',
+      cwd: r['cwd'],
+      dirname: join(daemon.root, 'p12'),
+    });
+    expect(r['cwd']).not.toBe(join(daemon.root, 'p12'));
+  });
+
+  it('P13: the daemon environment is the launch contract’s (no NODE_OPTIONS, no Apache environment, env= entries); SetEnv stays per request', async () => {
+    const r = await dinfo();
+    expect(r['nodeOptions']).toBe(null);
+    expect(r['execArgv']).toEqual([]);
+    expect(r['heapLimit']).toBeGreaterThan(100 * 1024 * 1024);
+    expect(r['marker']).toBe('from-the-env-option');
+    expect(r['perRequestInEnviron']).toBe('from SetEnv');
+    expect(r['perRequestInProcessEnv']).toBe(null);
+    // Exactly PATH, HOME, (LANG/LC_ALL with lang=) and env= entries.
+    const env = readFileSync(`/proc/${r.pid}/environ`, 'utf8')
+      .split('\0')
+      .filter(Boolean)
+      .map((kv) => kv.slice(0, kv.indexOf('=')))
+      // what child_process.fork() adds for its IPC channel
+      .filter((k) => !k.startsWith('NODE_CHANNEL_'));
+    expect(env.sort()).toEqual(['HOME', 'P13_MARKER', 'PATH']);
+  });
+
+  it('P19: fetch, an ES module importing CommonJS names, assert’s generated message', async () => {
+    const r = await dget('/apps/debian.tsgi');
+    expect(r['fetch']).toEqual({ status: 200, text: 'Hello World!\n' });
+    expect(r['esm']).toBe('esm got a CommonJS export');
+    expect(r['assertion']).toEqual({ code: 'ERR_ASSERTION', message: expect.stringContaining('assert.ok(x === 1)') });
+  });
+
+  it('P21: worker_threads work in a daemon; process warnings reach the error log; HTTPS reaches the app as https', async () => {
+    const mark = daemon.logMark();
+    const r = await request(daemon.url('/apps/worker.tsgi'), { timeoutMs: 30_000 });
+    expect(r.status, r.text).toBe(200);
+    expect(r.text).toBe('42');
+    await daemon.waitForLog(/TsgiPitfallWarning: P21 a warning from an app/, 5000, mark);
+    const c = await httpsGet(`https://127.0.0.1:${daemonTlsPort}/crypto`);
+    expect(c.status, c.text).toBe(200);
+    expect(JSON.parse(c.text)).toEqual({ scheme: 'https', sha256: 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad', verified: true });
+  });
+
+  it('P11: with a piped ErrorLog, the daemon’s console reaches the log and the pipe Apache shares never turns non-blocking', async () => {
+    const mark = pipedDaemon.logMark();
+    const r = await request(pipedDaemon.url('/stderr'), { timeoutMs: 30_000 });
+    expect(r.status, r.text).toBe(200);
+    const { pid } = JSON.parse(r.text) as { pid: number };
+    await pipedDaemon.waitForLog(/P11 console\.error through a piped ErrorLog/, 5000, mark);
+    await pipedDaemon.waitForLog(/P11 process\.stderr through a piped ErrorLog/, 5000, mark);
+    const nonblocking = (p: number) => (parseInt(/^flags:\s*(\d+)/m.exec(readFileSync(`/proc/${p}/fdinfo/2`, 'utf8'))![1]!, 8) & 0o4000) !== 0;
+    // Apache's children write their log lines to fd 2, the same pipe the supervisor got.
+    const apacheChildren = childrenOf(pipedDaemon.pid).filter((p) => readlinkSync(`/proc/${p}/exe`).endsWith('/apache2'));
+    expect(apacheChildren.length).toBeGreaterThan(0);
+    for (const p of [pipedDaemon.pid, ...apacheChildren]) expect(nonblocking(p), `fd 2 of apache2 ${p}`).toBe(false);
+    const supervisors = daemonTrees(pipedDaemon.pid).map((t) => t.supervisor);
+    expect(supervisors).toHaveLength(1);
+    for (const p of supervisors) expect(readlinkSync(`/proc/${p}/fd/2`)).toBe(readlinkSync(`/proc/${pipedDaemon.pid}/fd/2`));
+    expect(daemonWorkers(pipedDaemon.pid)).toContain(pid);
+  });
+
+  it('P16: after graceful restarts the daemons are new and start with fresh state', async () => {
+    for (let i = 0; i < 2; i++) {
+      await dinfo();
+      const before = daemonWorkers(daemon.pid);
+      await daemon.graceful();
+      const { value: fresh } = await pollFor('new daemons only', () => {
+        const w = daemonWorkers(daemon.pid);
+        return w.length === 2 && w.every((p) => !before.includes(p)) ? w : undefined;
+      }, 30_000);
+      const after = await dinfo();
+      expect(fresh).toContain(after.pid);
+      expect(after.count).toBe(1);
+      expect((await request(daemon.url('/hello'))).text).toBe('Hello World!\n');
+    }
+  }, 90_000);
 });

@@ -7,12 +7,17 @@
  * fresh environment. Another application group (its own Node environment and event
  * loop) is served while the first one is blocked, and keeps its state. The timeout is a
  * config value (2 s), not a timing assertion.
+ *
+ * The watchdog is embedded mode's (TSGIEventLoopTimeout guards the Node thread inside an
+ * Apache child). Daemon mode's analogue is the group's request-timeout: the blocked
+ * request gets 504, its daemon process is replaced, the group's other process serves
+ * meanwhile (the second describe).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { startApache, type ApacheInstance } from '../harness/apache';
 import { request } from '../harness/http';
-import { ensureModTsgi, MOD_TSGI } from '../helpers/mod-tsgi';
+import { daemonWorkers, ensureModTsgi, ensureMode, MOD_TSGI, modeConfig, pollFor } from '../helpers/mod-tsgi';
 import { ROOT } from '../helpers/serve';
 
 const SPIN = join(ROOT, 'test', 'fixtures', 'spin.tsgi');
@@ -105,5 +110,68 @@ describe('event-loop watchdog', () => {
     expect(r.text).toBe('slept 3500 ms\n');
     const log = Buffer.from(apache.errorLog()).subarray(mark).toString('utf8');
     expect(log).not.toContain('TSGI0130');
+  });
+});
+
+describe('daemon mode: a blocked event loop ends with request-timeout', () => {
+  let daemon: ApacheInstance;
+
+  beforeAll(async () => {
+    ensureMode('daemon');
+    daemon = await startApache({
+      modules: [MOD_TSGI],
+      config: [
+        'Timeout 60',
+        `TSGIScriptAlias /app ${SPIN}`,
+        'StartServers 1',
+        'MinSpareThreads 1',
+        'MaxSpareThreads 64',
+        'ThreadsPerChild 16',
+        'ServerLimit 1',
+        'MaxRequestWorkers 16',
+        modeConfig('daemon', { options: 'request-timeout=2' }),
+      ].join('\n'),
+    });
+  }, 600_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+  });
+
+  it('a while (true): the request gets 504, its process is replaced, the other process serves meanwhile', async () => {
+    const { value: before } = await pollFor('two workers', () => {
+      const w = daemonWorkers(daemon.pid);
+      return w.length === 2 ? w : undefined;
+    });
+    const mark = daemon.logMark();
+    let spinDone = false;
+    const spin = request(daemon.url('/app/spin'), { timeoutMs: 30_000 }).finally(() => (spinDone = true));
+    await daemon.waitForLog(/spin\.tsgi: entering while \(true\)/, 10_000, mark);
+    const served: number[] = [];
+    while (!spinDone) {
+      const r = await request(daemon.url('/app/ok'), { timeoutMs: 30_000 });
+      expect(r.status, r.text).toBe(200);
+      served.push((JSON.parse(r.text) as { pid: number }).pid);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    expect((await spin).status).toBe(504);
+    expect(served.length).toBeGreaterThan(0);
+    // Exactly one process was replaced: the one that spun, which served none of the others.
+    const { value: after } = await pollFor('the blocked process replaced', () => {
+      const w = daemonWorkers(daemon.pid);
+      return w.length === 2 && w.filter((p) => !before.includes(p)).length === 1 ? w : undefined;
+    });
+    const victim = before.find((p) => !after.includes(p))!;
+    expect(served).not.toContain(victim);
+    const ok = await request(daemon.url('/app/ok'));
+    expect(ok.status).toBe(200);
+    // The watchdog is embedded mode's: it never fires here.
+    expect(daemon.errorLog()).not.toMatch(/TSGI0130|TSGI0109/);
+  }, 60_000);
+
+  it('a request waiting on a timer for less than request-timeout is not ended', async () => {
+    const r = await request(daemon.url('/app/sleep?ms=1500'));
+    expect(r.status).toBe(200);
+    expect(r.text).toBe('slept 1500 ms\n');
   });
 });

@@ -389,7 +389,7 @@ start_apache() { # $1 = root
 }
 
 RESULTS="$TMP/runs.tsv"
-printf 'round\tconfig\treqs\trequests\tp50_ms\tp99_ms\terrors\tmpm_idle_n\tmpm_idle_kb\td_idle_n\td_idle_kb\td_idle_pss_kb\tmpm_after_n\tmpm_after_kb\td_after_n\td_after_kb\td_after_pss_kb\tcpu_us_per_req\tbusy_before_pct\n' >"$RESULTS"
+printf 'round\tconfig\treqs\trequests\tp50_ms\tp99_ms\terrors\tmpm_idle_n\tmpm_idle_kb\td_idle_n\td_idle_kb\td_idle_pss_kb\tmpm_after_n\tmpm_after_kb\td_after_n\td_after_kb\td_after_pss_kb\tcpu_us_per_req\tcpu_daemon_us_per_req\tbusy_before_pct\n' >"$RESULTS"
 CLK_TCK="$(getconf CLK_TCK)"
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -437,7 +437,8 @@ for round in $(seq 1 "$ROUNDS"); do
     # third worker under -c32 during the warm-up already).
     procs="$(classify "$ppid" "$root")"
     all_before="$ppid $(awk '{print $2}' <<<"$procs" | tr '\n' ' ')"
-    t0="$(ticks_of $all_before)"
+    daemons_before="$(kind_pids daemon <<<"$procs" | tr '\n' ' ')"
+    t0="$(ticks_of $all_before)"; t0d="$(ticks_of $daemons_before)"
     PERF_PID=""
     if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
       perf record -q -g -o "$root/perf.data" -p "$(echo $all_before | tr ' ' ,)" >"$root/perf.out" 2>&1 &
@@ -445,7 +446,7 @@ for round in $(seq 1 "$ROUNDS"); do
       sleep 0.5
     fi
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" >"$root/wrk.txt" 2>&1
-    t1="$(ticks_of $all_before)"
+    t1="$(ticks_of $all_before)"; t1d="$(ticks_of $daemons_before)"
     if [ -n "$PERF_PID" ]; then kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true; fi
     procs="$(classify "$ppid" "$root")"
     read -r ma_n ma_kb _ <<<"$(mem_of $(kind_pids mpm <<<"$procs"))"
@@ -459,9 +460,10 @@ for round in $(seq 1 "$ROUNDS"); do
     errs="$(awk '/Socket errors/{gsub(/,/,""); s=$4+$6+$8+$10} /Non-2xx/{n=$NF} END{print (s+0)+(n+0)}' "$root/wrk.txt")"
     [ -n "$rps" ] && [ -n "$nreq" ] || { cat "$root/wrk.txt" >&2; die "$cfg: no wrk result"; }
     cpu="$(awk -v a="$t0" -v b="$t1" -v n="$nreq" -v hz="$CLK_TCK" 'BEGIN{printf "%.1f", (b-a)/hz*1e6/(n>0?n:1)}')"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$cfg" "$rps" "$nreq" "$p50" "$p99" "$errs" \
-      "$mi_n" "$mi_kb" "$di_n" "$di_kb" "$di_pss" "$ma_n" "$ma_kb" "$da_n" "$da_kb" "$da_pss" "$cpu" "$busy" >>"$RESULTS"
-    log "round $round $cfg: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $errs, ${cpu} µs CPU/req; daemons idle $di_n/${di_kb} kB (PSS ${di_pss}), after $da_n/${da_kb} kB; Apache workers idle $mi_n/${mi_kb} kB"
+    cpud="$(awk -v a="$t0d" -v b="$t1d" -v n="$nreq" -v hz="$CLK_TCK" 'BEGIN{printf "%.1f", (b-a)/hz*1e6/(n>0?n:1)}')"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$cfg" "$rps" "$nreq" "$p50" "$p99" "$errs" \
+      "$mi_n" "$mi_kb" "$di_n" "$di_kb" "$di_pss" "$ma_n" "$ma_kb" "$da_n" "$da_kb" "$da_pss" "$cpu" "$cpud" "$busy" >>"$RESULTS"
+    log "round $round $cfg: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $errs, ${cpu} µs CPU/req (daemons ${cpud}); daemons idle $di_n/${di_kb} kB (PSS ${di_pss}), after $da_n/${da_kb} kB; Apache workers idle $mi_n/${mi_kb} kB"
     stop_apache "$root"
     CUR_ROOT=""
     stop_backend
@@ -476,7 +478,7 @@ left="$(pids_under_tmp)"; [ -z "$left" ] || { log "killing leftovers: $(echo $le
 if [ "$PROFILE" = 1 ]; then
   for cfg in "${CONFIGS[@]}"; do
     root="$TMP/r1-$cfg"
-    log "$cfg: $(awk -F'\t' -v c="$cfg" '$2 == c {print $3 " req/s, " $18 " us CPU/req (profiled, so slower than a measurement)"}' "$RESULTS")"
+    log "$cfg: $(awk -F'\t' -v c="$cfg" '$2 == c {print $3 " req/s, " $18 " us CPU/req, daemons " $19 " (profiled, so slower than a measurement)"}' "$RESULTS")"
     if [ -f "$root/perf.data" ]; then
       echo "== perf: CPU samples by process and object ($cfg, main run) =="
       perf report -i "$root/perf.data" -g none --no-children --percent-limit 0.3 --sort comm,dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
@@ -530,7 +532,7 @@ def per(cfg, n, s):
     return med([int(by[(rd, cfg)][s]) / max(1, int(by[(rd, cfg)][n])) / MiB for rd in rounds if (rd, cfg) in by])
 res = {}
 for c in cfgs:
-    res[c] = dict(rps=med(f(c, 'reqs')), p50=med(f(c, 'p50_ms')), p99=med(f(c, 'p99_ms')), cpu=med(f(c, 'cpu_us_per_req')),
+    res[c] = dict(rps=med(f(c, 'reqs')), p50=med(f(c, 'p50_ms')), p99=med(f(c, 'p99_ms')), cpu=med(f(c, 'cpu_us_per_req')), cpud=med(f(c, 'cpu_daemon_us_per_req')),
                   d_n=med(f(c, 'd_idle_n', int)), d_idle=med([x / MiB for x in f(c, 'd_idle_kb', int)]),
                   d_pss=med([x / MiB for x in f(c, 'd_idle_pss_kb', int)]),
                   d_after=med([x / MiB for x in f(c, 'd_after_kb', int)]),
@@ -539,7 +541,7 @@ for c in cfgs:
     res[c]['ratio'] = ratio(c, 'static') if 'static' in cfgs else float('nan')
 L = []
 w = L.append
-w('# Apache daemon mode')
+w('# Apache daemon mode: mod_tsgi daemon vs. mod_wsgi daemon, Passenger and mod_proxy → Node (issue 4)')
 w('')
 w('Generated by \`bench/daemon.sh\` (issue 4) — do not edit this section by hand; re-run the script instead '
   '(it rewrites only the text between the \`bench:daemon\` markers).')
@@ -556,12 +558,12 @@ w('Every configuration answers \`Hello World!\\\\n\` (13 bytes, \`Content-Type: 
 w('')
 w('## Results (medians of %d rounds)' % len(rounds))
 w('')
-w('| # | config | req/s | ratio to static | p50 ms | p99 ms | server CPU µs/req | daemon processes | daemons idle RSS MiB (sum) | daemons idle PSS MiB | daemons RSS after MiB | Apache RSS/worker idle MiB | wrk errors per round |')
+w('| # | config | req/s | ratio to static | p50 ms | p99 ms | server CPU µs/req (of it daemons) | daemon processes | daemons idle RSS MiB (sum) | daemons idle PSS MiB | daemons RSS after MiB | Apache RSS/worker idle MiB | wrk errors per round |')
 w('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 for i, c in enumerate(cfgs, 1):
     r = res[c]
-    w('| %d | %s | %s | **%.3f** | %.3f | %.3f | %.1f | %s (%g) | %.1f | %.1f | %.1f | %.1f | %s |' % (
-        i, names[c], format(round(r['rps']), ','), r['ratio'], r['p50'], r['p99'], r['cpu'], daemons[c], r['d_n'],
+    w('| %d | %s | %s | **%.3f** | %.3f | %.3f | %.1f (%.1f) | %s (%g) | %.1f | %.1f | %.1f | %.1f | %s |' % (
+        i, names[c], format(round(r['rps']), ','), r['ratio'], r['p50'], r['p99'], r['cpu'], r['cpud'], daemons[c], r['d_n'],
         r['d_idle'], r['d_pss'], r['d_after'], r['mpm'], r['errs']))
 w('')
 w('Per round (req/s): ' + '; '.join('%s: %s' % (c, ', '.join(format(round(x), ',') for x in f(c, 'reqs'))) for c in cfgs) + '.')
@@ -610,7 +612,7 @@ w('- Daemon processes: everything the Apache parent started that is not one of i
   'RSS is the sum of VmRSS (shared pages counted once per process), PSS the sum of Pss from smaps_rollup. '
   '"Apache RSS/worker" is the mean VmRSS of Apache\\'s worker children (no application code in them in any of these configurations).')
 w('- Server CPU µs/req: utime+stime of the Apache parent, its workers and all daemon processes over the main run, divided by its requests. '
-  'It is the cost of the whole server path without wrk.')
+  'It is the cost of the whole server path without wrk; in brackets the daemon processes\' share (the rest is Apache).')
 w('- The machine\\'s CPU use in the last 1 s sample before each start: median %s %%, max %s %% of all vCPUs (busy_before_pct); '
   '%d of %d measurements started after the quiet wait timed out. Compare ratios rather than absolute req/s across runs.' % (
       med([float(r['busy_before_pct']) for r in rows]), max(float(r['busy_before_pct']) for r in rows),

@@ -257,6 +257,14 @@ describe('daemon-mode.js --apache: a pool of 2 behind the inherited socket', () 
     const workers = await readyPids(d);
     expect(workers).toHaveLength(2);
 
+    // The secret reaches workers over IPC: not in their argv or environment.
+    const b64 = d.secret.toString('base64');
+    for (const pid of workers) {
+      expect(fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1')).not.toContain(b64);
+      expect(fs.readFileSync(`/proc/${pid}/environ`, 'latin1')).not.toContain(b64);
+      expect(fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1')).toMatch(/^tsgi-daemon \(app\) worker\0/);
+    }
+    expect(fs.readFileSync(`/proc/${d.child.pid}/cmdline`, 'latin1')).toMatch(/^tsgi-daemon \(app\)\0/);
     const byPid = await connectionsToEach(d, workers);
     expect([...byPid.keys()].sort()).toEqual([...workers].sort());
     for (const [pid, c] of byPid) {
@@ -392,6 +400,10 @@ describe('daemon-mode.js --apache: a pool of 2 behind the inherited socket', () 
       return p.length === 2 && p.every((x) => !before.includes(x)) && p;
     }, d);
     for (const p of before) await waitFor(`old worker ${p} gone`, () => !pidAlive(p), d);
+    // The old worker said GOAWAY on the pooled connection, then closed it.
+    expect(c.goaway).toBe(true);
+    await c.waitClosed();
+    expect(c.closed).toBe(true);
     expect(d.log()).toMatch(/graceful reload \(.*reload\.tsgi changed\)/);
     const c2 = await WireClient.connect(d.socketPath, { secret: d.secret });
     const r3 = await get(c2, '', script, true);

@@ -14,6 +14,11 @@
  * waitpid() loop: a supervisor that dies unexpectedly is logged and respawned at once,
  * with a start delay that doubles while it keeps dying young. Nothing Node-related ever
  * runs in this process: it forks and execs node.
+ *
+ * Only data is retained, never a function pointer: mod_so unloads and reloads this module
+ * at every restart, possibly at another address. So the other-child registrations and
+ * the stop cleanup live in each generation's pconf (registered after LoadModule's
+ * unload cleanup, they run before it) and are made again by every post_config.
  */
 #include "httpd.h"
 #include "http_config.h"
@@ -96,7 +101,11 @@ struct tsgi_rgroup {
 };
 
 struct tsgi_retained {
-    apr_pool_t *pool; /* a child of the process pool: lives until the parent exits */
+    /* Unmanaged: it must outlive every pconf, including the last one, whose cleanup
+     * (tsgi_generation_ends) still uses it when the parent exits and then destroys it
+     * (a child of the process pool would be destroyed before pconf). */
+    apr_pool_t *pool;
+    apr_pool_t *pconf; /* the generation in force: other-child registrations live here */
     pid_t parent_pid;
     int next_index;
     tsgi_rgroup_t *groups;
@@ -605,7 +614,7 @@ static int tsgi_spawn(tsgi_retained_t *rt, tsgi_rgroup_t *rg, pid_t replaces, ap
     rt->sups = sup;
     rg->current = sup;
     rg->uid = uid;
-    apr_proc_other_child_register(&sup->proc, tsgi_sup_maintenance, sup, NULL, rt->pool);
+    apr_proc_other_child_register(&sup->proc, tsgi_sup_maintenance, sup, NULL, rt->pconf);
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
                  TSGILOG(0226) "group %s: started supervisor pid %ld (%s %s --apache, %d process(es)%s%s)", rg->name,
                  (long)pid, node, rt->daemon_js, g->processes,
@@ -622,21 +631,17 @@ static int tsgi_pgroup_alive(pid_t pgid)
 }
 
 /*
- * The parent is exiting (the process pool is destroyed only then): SIGTERM every
- * supervisor's process group, wait (bounded by the longest graceful-timeout + 2 s) for
- * them to drain, SIGKILL what is left, remove the sockets. Apache's own children exit
- * through the same pool destruction, hence the pid check.
+ * The parent is exiting: SIGTERM every supervisor's process group, wait (bounded by the
+ * longest graceful-timeout + 2 s) for them to drain, SIGKILL what is left, remove the
+ * sockets.
  */
-static apr_status_t tsgi_stop_all(void *data)
+static void tsgi_stop_all(tsgi_retained_t *rt)
 {
-    tsgi_retained_t *rt = data;
     tsgi_sup_t *sup;
     tsgi_rgroup_t *rg;
     apr_time_t deadline;
     int longest = 0, any;
 
-    if (getpid() != rt->parent_pid)
-        return APR_SUCCESS;
     for (rg = rt->groups; rg; rg = rg->next) {
         if (rg->graceful_timeout > longest)
             longest = rg->graceful_timeout;
@@ -666,17 +671,27 @@ static apr_status_t tsgi_stop_all(void *data)
     rt->sups = NULL;
     for (rg = rt->groups; rg; rg = rg->next)
         tsgi_close_group_sockets(rg);
-    tsgi_rt = NULL;
-    return APR_SUCCESS;
 }
 
-/* pconf of a generation goes away: its groups must not be used until the next post_config. */
-static apr_status_t tsgi_forget_config(void *data)
+/*
+ * A generation's pconf goes away: on a restart its groups must not be used until the
+ * next post_config; when the parent exits (the only time the main state is EXITING),
+ * everything stops. Apache's children may run pool cleanups at their exit too, hence
+ * the pid check.
+ */
+static apr_status_t tsgi_generation_ends(void *data)
 {
     tsgi_retained_t *rt = data;
     tsgi_rgroup_t *rg;
     for (rg = rt->groups; rg; rg = rg->next)
         rg->config = NULL;
+    rt->pconf = NULL;
+    if (getpid() == rt->parent_pid && ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_EXITING) {
+        tsgi_stop_all(rt);
+        apr_pool_destroy(rt->pool);
+        memset(rt, 0, sizeof(*rt));
+    }
+    tsgi_rt = NULL;
     return APR_SUCCESS;
 }
 
@@ -690,11 +705,12 @@ static tsgi_retained_t *tsgi_retained(server_rec *s)
         memset(rt, 0, sizeof(*rt));
     }
     if (!rt->pool) {
-        if (apr_pool_create(&rt->pool, s->process->pool) != APR_SUCCESS)
+        /* The process pool's allocator: an allocator of its own would only be referenced
+         * from pool memory, which leak checkers do not scan. */
+        if (apr_pool_create_unmanaged_ex(&rt->pool, NULL, apr_pool_allocator_get(s->process->pool)) != APR_SUCCESS)
             return NULL;
         apr_pool_tag(rt->pool, "tsgi_daemon_retained");
         rt->parent_pid = getpid();
-        apr_pool_cleanup_register(rt->pool, rt, tsgi_stop_all, apr_pool_cleanup_null);
     }
     return rt;
 }
@@ -745,7 +761,15 @@ int tsgi_daemon_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *pte
     if (!(rt = tsgi_retained(s)))
         return HTTP_INTERNAL_SERVER_ERROR;
     tsgi_rt = rt;
-    apr_pool_cleanup_register(pconf, rt, tsgi_forget_config, apr_pool_cleanup_null);
+    rt->pconf = pconf;
+    apr_pool_cleanup_register(pconf, rt, tsgi_generation_ends, apr_pool_cleanup_null);
+    /* The supervisors still running from the last generation (current ones and those
+     * draining) are watched again from this one. */
+    {
+        tsgi_sup_t *sup;
+        for (sup = rt->sups; sup; sup = sup->next)
+            apr_proc_other_child_register(&sup->proc, tsgi_sup_maintenance, sup, NULL, pconf);
+    }
 
     if (groups && groups->nelts > 0) {
         rt->daemon_js = apr_pstrdup(rt->pool, TSGI_DAEMON_MODE_JS);

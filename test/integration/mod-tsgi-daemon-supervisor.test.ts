@@ -245,6 +245,26 @@ Alias /ht ${root}/ht
     }
   });
 
+  for (const mpm of ['worker', 'prefork'] as const) {
+    it(`under the ${mpm} MPM: serves, respawns after kill -9, stops clean`, async () => {
+      const apache = await startApache({ mpm, modules: [MOD_TSGI], config: `TSGIDaemonProcess m processes=1 graceful-timeout=3\nTSGIScriptAlias /hello ${APP} process-group=m\n` });
+      let stopped = false;
+      try {
+        const first = await tree(apache, 1);
+        await expectHello(apache);
+        process.kill(first.supervisor, 'SIGKILL');
+        const second = await tree(apache, 1, first.supervisor);
+        await expectHello(apache);
+        const { killed } = await apache.stop();
+        stopped = true;
+        expect(killed).toEqual([]);
+        expect([second.supervisor, ...second.workers].filter(pidAlive)).toEqual([]);
+      } finally {
+        if (!stopped) await apache.stop();
+      }
+    });
+  }
+
   it('the sockets are removed at stop', async () => {
     const apache = await startApache({ modules: [MOD_TSGI], config: 'TSGIDaemonProcess gone processes=1 graceful-timeout=2\n', keepRoot: true });
     let sockets: string[] = [];

@@ -26,7 +26,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import * as http from 'node:http';
 import { join } from 'node:path';
 import { startApache, type ApacheInstance } from '../harness/apache';
@@ -217,6 +217,8 @@ describe('daemon faults (one Apache, a group per concern)', () => {
         ].join('\n'),
     });
     vhostLog = join(apache.root, 'vhost-error.log');
+    // The apps leave marks here, as the daemons' users (www-data, nobody).
+    chmodSync(join(apache.root, 'marks'), 0o1777);
   }, 600_000);
 
   afterAll(async () => {
@@ -354,7 +356,8 @@ describe('daemon faults (one Apache, a group per concern)', () => {
     const blocks = [...new Set(sequence)];
     expect(blocks).toHaveLength(4);
     expect(sequence).toEqual(blocks.flatMap((p) => [p, p, p, p, p]));
-    // Concurrent: 6 rounds of 4 at once. None fails; the pid keeps changing.
+    // Concurrent: 6 rounds of 4 at once. None fails. (A process past its 5 requests
+    // serves on until its replacement is ready, so a fast burst may all go to one.)
     const pids = new Set<number>();
     for (let round = 0; round < 6; round++) {
       const rs = await Promise.all(Array.from({ length: 4 }, () => get('/maxreq/pid')));
@@ -364,8 +367,14 @@ describe('daemon faults (one Apache, a group per concern)', () => {
         pids.add(pidOf(r));
       }
     }
-    expect(pids.size).toBeGreaterThanOrEqual(2);
     for (const p of pids) expect(blocks).not.toContain(p);
+    // ... and the recycling goes on: a process that served none of those takes over.
+    await pollFor('a process newer than the burst serving', async () => {
+      const r = await get('/maxreq/pid');
+      expect(r.status, r.text).toBe(200);
+      const pid = pidOf(r);
+      return pids.has(pid) || blocks.includes(pid) ? undefined : pid;
+    });
   }, 90_000);
 
   for (const stuck of ['spin', 'never'] as const) {
@@ -694,13 +703,15 @@ describe('node=/nonexistent', () => {
     const [line] = await apache.waitForLog(/[^\n]*\/nonexistent[^\n]*/, 5000);
     expect(line).toMatch(/nonode/);
     expect(line).toMatch(/ENOENT|No such file|not found|cannot (run|exec)/i);
-    // Count the start attempts logged over 4 s: a damped loop makes a handful.
-    const attempts = () => (apache.errorLog().match(/[^\n]*\/nonexistent[^\n]*\n/g) ?? []).length;
+    // Count the supervisor starts logged over 4 s: a damped loop makes a handful (an
+    // undamped one, hundreds).
+    const attempts = () => (apache.errorLog().match(/TSGI0226: group nonode: started supervisor/g) ?? []).length;
     const a0 = attempts();
+    expect(a0).toBeGreaterThan(0);
     await new Promise((res) => setTimeout(res, 4000));
     const a1 = attempts();
-    console.log(`daemon node=/nonexistent: ${a0} log lines naming it until the first 503, ${a1 - a0} more over the next 4 s`);
-    expect(a1 - a0).toBeLessThanOrEqual(6);
+    console.log(`daemon node=/nonexistent: ${a0} supervisor starts until the first 503, ${a1 - a0} more over the next 4 s`);
+    expect(a1 - a0).toBeLessThanOrEqual(5);
     // The Apache parent itself is fine, and so are its children.
     expect(pidAlive(apache.pid)).toBe(true);
     expect((await request(apache.url('/x/pid'), { timeoutMs: 30_000 })).status).toBe(503);

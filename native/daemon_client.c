@@ -51,6 +51,7 @@ APLOG_USE_MODULE(tsgi);
  * about that long, for the cost of one connect per connection and second. */
 #define TSGI_CONN_MAX_AGE apr_time_from_sec(1)
 #define TSGI_CONNECT_BACKOFF_MAX_MS 200
+#define TSGI_CLIENT_CHECK_MS 200         /* how often a waiting request looks at its client */
 #define TSGI_STATUS_TIMEOUT_MS 5000      /* a group slower than this shows as not answering */
 #define TSGI_STATUS_CONNECT_TIMEOUT 2    /* s: the status page does not wait out connect-timeout */
 
@@ -336,6 +337,7 @@ typedef struct {
     size_t status_len;
     int sys_errno;
     apr_time_t sent_at; /* the REQUEST (or STATUS) was handed to the socket */
+    apr_time_t last_io; /* the socket last made progress: socket-timeout counts from here */
     /* A new connection only counts as made once a daemon greets on it: the listening
      * socket belongs to the Apache parent, so connect() succeeds even when no daemon is
      * there to accept (not started yet, exec failing, all blocked). */
@@ -498,7 +500,7 @@ static int x_next_body(tsgi_x_t *x)
     if (rv != APR_SUCCESS) {
         char reason[200], buf[120];
         x->body_rv = rv;
-        apr_snprintf(reason, sizeof(reason), "reading the request body failed: %s", body_failure(rv, buf, sizeof(buf)));
+        apr_snprintf(reason, sizeof(reason), "the request body could not be read: %s", body_failure(rv, buf, sizeof(buf)));
         x->out = x->abort_frame;
         x->out_len = tsgi_wire_encode_abort(x->abort_frame, reason, strlen(reason));
         x->out_off = 0;
@@ -547,6 +549,32 @@ static int x_write(tsgi_x_t *x)
     return -1;
 }
 
+/*
+ * Whether the client has gone while the daemon has nothing for it: the connection was
+ * aborted, or its socket reports end-of-stream or an error. It peeks without consuming:
+ * unread bytes (a pipelined request) mean "still there". HTTP/2 streams (c->master)
+ * share their socket and are not checked here.
+ */
+static int client_gone(conn_rec *c)
+{
+    apr_socket_t *sock;
+    apr_os_sock_t fd;
+    char byte;
+    ssize_t n;
+
+    if (c->aborted)
+        return 1;
+    if (c->master)
+        return 0;
+    sock = ap_get_conn_socket(c);
+    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS)
+        return 0;
+    n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0)
+        return 1;
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
 static int x_run(tsgi_x_t *x)
 {
     int rc, timeout;
@@ -587,19 +615,29 @@ static int x_run(tsgi_x_t *x)
         pfd.fd = x->conn->fd;
         pfd.events = (short)((x->trailer ? 0 : POLLIN) | (pending ? POLLOUT : 0));
         pfd.revents = 0;
-        timeout = x->timeout_ms;
+        /* Waiting in slices: between them, a client that went away is noticed even while
+         * the app has nothing to send (the daemon then hears of it by the close). */
+        timeout = wait_ms(x->last_io + apr_time_from_msec(x->timeout_ms));
         if (x->hello_deadline && !x->parser.hello_seen && wait_ms(x->hello_deadline) < timeout)
             timeout = wait_ms(x->hello_deadline);
-        n = poll(&pfd, 1, timeout);
+        n = poll(&pfd, 1, timeout < TSGI_CLIENT_CHECK_MS ? timeout : TSGI_CLIENT_CHECK_MS);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             x->sys_errno = errno;
             return X_SYSTEM;
         }
-        if (n == 0)
-            return x->hello_deadline && !x->parser.hello_seen && apr_time_now() >= x->hello_deadline ? X_NO_HELLO
-                                                                                                  : X_TIMEOUT;
+        if (n == 0) {
+            apr_time_t now = apr_time_now();
+            if (x->hello_deadline && !x->parser.hello_seen && now >= x->hello_deadline)
+                return X_NO_HELLO;
+            if (now - x->last_io >= apr_time_from_msec(x->timeout_ms))
+                return X_TIMEOUT;
+            if (client_gone(x->r->connection))
+                return X_CLIENT_GONE;
+            continue;
+        }
+        x->last_io = apr_time_now();
         if (pending && (pfd.revents & (POLLOUT | POLLERR | POLLHUP)) && (rc = x_write(x)) >= 0)
             return rc;
         if (!x->trailer && (pfd.revents & (POLLIN | POLLERR | POLLHUP))) {
@@ -628,7 +666,7 @@ static void x_init(tsgi_x_t *x, request_rec *r, const tsgi_daemon_group_t *g, ts
     apr_pool_cleanup_register(r->pool, &x->parser, parser_cleanup, apr_pool_cleanup_null);
     (void)tsgi_wire_parser_begin(&x->parser, expect);
     x->rbuf = apr_palloc(r->pool, TSGI_RECV_BYTES);
-    x->sent_at = apr_time_now();
+    x->sent_at = x->last_io = apr_time_now();
     if (conn->fresh)
         x->hello_deadline =
             x->sent_at + apr_time_from_sec(expect == TSGI_WIRE_EXPECT_STATUS ? TSGI_STATUS_CONNECT_TIMEOUT

@@ -1,8 +1,9 @@
 /**
  * The daemon pool: one master process that owns the listening socket and supervises N
  * workers (src/daemon-worker.ts), each accepting on that socket and running the app.
- * `tsgi daemon` drives it from the command line (src/cli/daemon.ts); mod_tsgi's Apache
- * parent will drive the same class for daemon mode.
+ * `tsgi daemon` drives it from the command line (src/cli/daemon.ts); for mod_tsgi's
+ * daemon mode the Apache parent execs this file with --apache (runApacheDaemon, at the
+ * end: the pool on the inherited socket, speaking mod_tsgi's wire protocol).
  *
  * The master opens the socket once (bound, never listening in the master itself, so the
  * master never accepts) and hands it to every worker over IPC. Everything that happens to

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "response.h"
 #include "wire.h"
 
 APLOG_USE_MODULE(tsgi);
@@ -275,24 +276,6 @@ static int conn_open(request_rec *r, const tsgi_daemon_group_t *g, const char *w
                       what);
         return HTTP_SERVICE_UNAVAILABLE;
     }
-}
-
-/* A response that cannot be completed must not look complete: a 502 error bucket makes
- * the chunk filter drop the last-chunk and the connection close (as mod_proxy does). */
-static void abort_response(request_rec *r)
-{
-    conn_rec *c = r->connection;
-    apr_bucket_brigade *bb;
-    /* The head and what was written go out first: an error bucket that reaches the HTTP
-     * header filter before the head was sent would replace the response. */
-    if (!c->aborted && ap_rflush(r) < 0)
-        c->aborted = 1;
-    bb = apr_brigade_create(r->pool, c->bucket_alloc);
-    APR_BRIGADE_INSERT_TAIL(bb, ap_bucket_error_create(HTTP_BAD_GATEWAY, NULL, r->pool, c->bucket_alloc));
-    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(c->bucket_alloc));
-    if (ap_pass_brigade(r->output_filters, bb) != APR_SUCCESS)
-        c->aborted = 1;
-    c->keepalive = AP_CONN_CLOSE;
 }
 
 /* ---- one exchange on one connection ---------------------------------------------------- */
@@ -742,7 +725,7 @@ static int build_request(const tsgi_embed_request_t *req, const tsgi_daemon_grou
 /* Ends an exchange that failed after HEAD: the client must see the truncation. */
 static int truncated(request_rec *r)
 {
-    abort_response(r);
+    tsgi_abort_response(r);
     return OK;
 }
 

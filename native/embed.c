@@ -68,6 +68,7 @@
 #include <uv.h>
 
 #include "embed.h"
+#include "response.h"
 #include "shim.h"
 #include "tsgi_paths.h"
 
@@ -1936,24 +1937,6 @@ static void tsgi_apply_head(request_rec *r, tsgi_job_t *job)
         else
             apr_table_add(r->headers_out, name, value);
     }
-}
-
-/* A response that cannot be completed must not look complete: a 502 error bucket makes
- * the chunk filter drop the last-chunk and the connection close (as mod_proxy does). */
-static void tsgi_abort_response(request_rec *r)
-{
-    conn_rec *c = r->connection;
-    apr_bucket_brigade *bb;
-    /* The head and what was written go out first: an error bucket that reaches the
-     * HTTP header filter before the head was sent would replace the response. */
-    if (!c->aborted && ap_rflush(r) < 0)
-        c->aborted = 1;
-    bb = apr_brigade_create(r->pool, c->bucket_alloc);
-    APR_BRIGADE_INSERT_TAIL(bb, ap_bucket_error_create(HTTP_BAD_GATEWAY, NULL, r->pool, c->bucket_alloc));
-    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(c->bucket_alloc));
-    if (ap_pass_brigade(r->output_filters, bb) != APR_SUCCESS)
-        c->aborted = 1;
-    c->keepalive = AP_CONN_CLOSE;
 }
 
 int tsgi_embed_handle(const tsgi_embed_request_t *req)

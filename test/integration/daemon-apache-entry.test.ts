@@ -435,6 +435,28 @@ describe('daemon-mode.js --apache: lifecycle', () => {
     expect(d.log()).toMatch(/daemon app: stopped/);
   });
 
+  it('SIGHUP replaces every worker; a request in flight completes', async () => {
+    const d = await launch();
+    await ready(d);
+    const before = await readyPids(d);
+    const c = await WireClient.connect(d.socketPath, { secret: d.secret });
+    const inflight = get(c, 'sleep=1000');
+    await waitFor('the request in flight', async () => (await readStatus(d.statusPath)).processes.some((p) => p.inflight === 1), d);
+    process.kill(d.child.pid as number, 'SIGHUP');
+    const r = await inflight;
+    expect(r.status).toBe(200);
+    expect(r.trailer.kind).toBe('end');
+    await waitFor('all workers replaced', async () => {
+      const p = await readyPids(d);
+      return p.length === 2 && p.every((x) => !before.includes(x));
+    }, d);
+    const c2 = await WireClient.connect(d.socketPath, { secret: d.secret });
+    expect(before).not.toContain(c2.daemon?.pid);
+    expect((await get(c2, '')).status).toBe(200);
+    c.close();
+    c2.close();
+  });
+
   it('stop is bounded by graceful-timeout: a stuck request is cut off, exit 0', async () => {
     const d = await launch({ gracefulTimeoutMs: 1000, processes: 1 });
     await ready(d);

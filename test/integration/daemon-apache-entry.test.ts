@@ -329,9 +329,12 @@ describe('daemon-mode.js --apache: a pool of 2 behind the inherited socket', () 
     for (const x of byPid.values()) x.close();
   });
 
-  it('logs in Apache format on fd 2, with the app console output as entries with levels', async () => {
-    const d = await launch();
+  it('logs in Apache format on fd 2, with the app console output as entries with levels (after startDelayMs)', async () => {
+    const d = await launch({ startDelayMs: 300 });
     await ready(d);
+    const log0 = d.log();
+    expect(log0).toMatch(/daemon app: waiting 300 ms before starting/);
+    expect(log0.indexOf('waiting 300 ms')).toBeLessThan(log0.indexOf('spawned worker pid'));
     const c = await WireClient.connect(d.socketPath, { secret: d.secret });
     const r = await get(c, 'log=1');
     expect(r.status).toBe(200);

@@ -93,8 +93,17 @@ describe.each(TSGI_MODES)('%s mode', (mode: TsgiMode) => {
     it('fewer bytes than its Content-Length: the client sees an incomplete response', async () => {
       const mark = apache.logMark();
       const r = await request(apache.url('/bad/content-length-short'));
-      expect(r.status).toBe(200);
-      expect(r.complete).toBe(false);
+      if (mode === 'embedded') {
+        expect(r.status).toBe(200);
+        expect(r.complete).toBe(false);
+      } else {
+        // The daemon writes small output at the next turn of its event loop, and a
+        // failure found before then replaces the unsent head (wire-server.ts, by design):
+        // the short body, found at the end of a synchronous body, is a clean 500 instead
+        // of a truncated 200. Never a complete 200 either way.
+        expect(r.status).toBe(500);
+        expect(r.complete).toBe(true);
+      }
       await logged(/declared Content-Length: 10 but sent only 5 bytes/, mark);
     });
 

@@ -76,6 +76,7 @@ typedef struct tsgi_sup {
     tsgi_rgroup_t *rg;
     apr_proc_t proc;
     apr_time_t started; /* when node starts (the spawn time plus its start delay) */
+    pid_t replaces;     /* the previous generation's supervisor it is to retire, or 0 */
     int retired;        /* replaced or its group removed: its exit is expected */
     int alive;
     struct tsgi_sup *next; /* in tsgi_retained_t.sups (live) or .free */
@@ -316,6 +317,16 @@ static void tsgi_forget_group(tsgi_retained_t *rt, tsgi_rgroup_t *rg)
     }
 }
 
+static int tsgi_is_live_sup(tsgi_retained_t *rt, pid_t pid)
+{
+    tsgi_sup_t *sup;
+    for (sup = rt->sups; sup; sup = sup->next) {
+        if (sup->proc.pid == pid)
+            return 1;
+    }
+    return 0;
+}
+
 static int tsgi_group_has_live_sup(tsgi_retained_t *rt, tsgi_rgroup_t *rg)
 {
     tsgi_sup_t *sup;
@@ -382,7 +393,9 @@ static void tsgi_sup_maintenance(int reason, void *data, int status)
                  (long)sup->proc.pid, tsgi_describe_status(p, status), (long)apr_time_as_msec(lived),
                  rg->delay ? apr_psprintf(p, " in %ld ms (it keeps dying young)", (long)apr_time_as_msec(rg->delay))
                            : "");
-    tsgi_spawn(rt, rg, 0, p);
+    /* A successor that died before it was ready never retired its predecessor: its
+     * replacement inherits the job. */
+    tsgi_spawn(rt, rg, sup->replaces && tsgi_is_live_sup(rt, sup->replaces) ? sup->replaces : 0, p);
     apr_pool_destroy(p);
 }
 
@@ -608,6 +621,7 @@ static int tsgi_spawn(tsgi_retained_t *rt, tsgi_rgroup_t *rg, pid_t replaces, ap
     sup->rg = rg;
     sup->proc.pid = pid;
     sup->proc.in = sup->proc.out = sup->proc.err = NULL;
+    sup->replaces = replaces;
     sup->started = apr_time_now() + rg->delay;
     sup->alive = 1;
     sup->next = rt->sups;

@@ -235,6 +235,17 @@ static int take_str(const unsigned char **p, const unsigned char *end, const uns
     return 0;
 }
 
+/* At most `size - 1` bytes of `s` for an error text: a name that failed its checks may hold
+ * anything, and error texts end up in log lines. */
+static const char *printable(const unsigned char *s, size_t n, char *out, size_t size)
+{
+    size_t i, max = n < size - 1 ? n : size - 1;
+    for (i = 0; i < max; i++)
+        out[i] = s[i] >= 0x20 && s[i] < 0x7f ? (char)s[i] : '?';
+    out[max] = 0;
+    return out;
+}
+
 /* HTTP token characters (RFC 9110 §5.6.2): what a header name may consist of. */
 static int is_tchar(unsigned char c)
 {
@@ -261,6 +272,7 @@ int tsgi_wire_decode_head(const unsigned char *payload, size_t len, tsgi_wire_he
     const unsigned char *p = payload, *end = payload + len, *s, *bad;
     size_t n;
     uint32_t i, count;
+    char shown[48];
 
     if (len < 2 + 4 + 4) {
         fail(err, errlen, "HEAD frame: payload of %zu bytes is shorter than status, reason and count", len);
@@ -305,8 +317,8 @@ int tsgi_wire_decode_head(const unsigned char *payload, size_t len, tsgi_wire_he
             return -1;
         }
         if (take_str(&p, end, &value, &vlen) != 0) {
-            fail(err, errlen, "HEAD frame: header %u (%.*s): the value's length runs past the payload",
-                 (unsigned)i + 1, (int)(nlen > 64 ? 64 : nlen), (const char *)name);
+            fail(err, errlen, "HEAD frame: header %u (%s): the value's length runs past the payload", (unsigned)i + 1,
+                 printable(name, nlen, shown, sizeof(shown)));
             return -1;
         }
         if (nlen == 0) {
@@ -321,8 +333,8 @@ int tsgi_wire_decode_head(const unsigned char *payload, size_t len, tsgi_wire_he
             }
         }
         if ((bad = find_ctl(value, vlen)) != NULL) {
-            fail(err, errlen, "HEAD frame: header %u (%.*s): the value contains byte 0x%02x at offset %zu",
-                 (unsigned)i + 1, (int)(nlen > 64 ? 64 : nlen), (const char *)name, *bad, (size_t)(bad - value));
+            fail(err, errlen, "HEAD frame: header %u (%s): the value contains byte 0x%02x at offset %zu",
+                 (unsigned)i + 1, printable(name, nlen, shown, sizeof(shown)), *bad, (size_t)(bad - value));
             return -1;
         }
     }

@@ -311,9 +311,18 @@ int main(int argc, char **argv)
             buf_printf(&whole, "\n--- split ---\n%s", (char *)split.p);
             fatal("mutated stream: whole and split differ", seed, i, (char *)whole.p);
         }
-        if (strstr((char *)whole.p, "BUG"))
+        if (!strncmp((char *)whole.p, "BUG ", 4) || strstr((char *)whole.p, "\nBUG "))
             fatal("parser contract", seed, i, (char *)whole.p);
-        mutated_errors += strstr((char *)whole.p, "PROTOCOL-ERROR") != NULL;
+        {
+            /* Error texts go into log lines: nothing in them but printable ASCII. */
+            const char *e = strstr((char *)whole.p, "PROTOCOL-ERROR ");
+            if (e) {
+                for (e += 15; *e && *e != '\n'; e++)
+                    if ((unsigned char)*e < 0x20 || (unsigned char)*e >= 0x7f)
+                        fatal("unprintable byte in an error text", seed, i, (char *)whole.p);
+                mutated_errors++;
+            }
+        }
 
         /* Pure garbage now and then. */
         if (below(4) == 0) {

@@ -51,6 +51,7 @@ import { D_ERROR, FLAG_CLOSE, decodeError, encodeClientHello, encodeRequest } fr
 const FIXTURES = join(ROOT, 'test', 'fixtures', 'daemon');
 const FAULTS = join(FIXTURES, 'faults.tsgi');
 const BROKEN = join(FIXTURES, 'throws-at-load.tsgi');
+const SLOW_START = join(FIXTURES, 'slow-start.tsgi');
 
 const VERSION_APP = (n: number) => `
 export function application(environ: any, startResponse: any) {
@@ -716,4 +717,27 @@ describe('node=/nonexistent', () => {
     expect(pidAlive(apache.pid)).toBe(true);
     expect((await request(apache.url('/x/pid'), { timeoutMs: 30_000 })).status).toBe(503);
   }, 30_000);
+});
+
+// ---------------------------------------------------------------------------------------
+
+describe('stop while a group is still starting', () => {
+  it('Apache stops cleanly and bounded: no daemon left, none had to be killed', async () => {
+    ensureMode('daemon');
+    const apache = await startApache({
+      modules: [MOD_TSGI],
+      config: ['TSGIDaemonProcess slow processes=1', `TSGIScriptAlias /slow ${SLOW_START} process-group=slow`, ...ONE_CHILD].join('\n'),
+    });
+    // The worker is still loading the script (2 s): the group is starting.
+    const { value: tree } = await pollFor('the supervisor and its worker', () => {
+      const t = daemonTrees(apache.pid);
+      return t.length === 1 && t[0]!.workers.length === 1 ? t[0]! : undefined;
+    });
+    expect(apache.errorLog()).not.toMatch(/daemon slow: ready/);
+    const { killed } = await apache.stop({ timeoutMs: 10_000 });
+    const who = (p: number) => (p === apache.pid ? `${p} (the Apache parent)` : p === tree.supervisor ? `${p} (the supervisor)` : `${p}`);
+    expect(killed.map(who), `still alive 10 s after SIGTERM, so SIGKILLed by the harness; log:\n${apache.errorLog()}`).toEqual([]);
+    expect([tree.supervisor, ...tree.workers].filter(pidAlive)).toEqual([]);
+    expect(apache.errorLog()).toMatch(/daemon slow: stopped/);
+  }, 60_000);
 });

@@ -36,11 +36,18 @@ function cmdline(pid: number): string {
   }
 }
 
-/** The one daemon tree of `apache`, once it has `workers` workers. */
+/**
+ * The one daemon tree of `apache`, once it has `workers` workers and its status socket
+ * says they are all ready (so a test's stop never lands in the middle of a start).
+ */
 function tree(apache: ApacheInstance, workers: number, not?: number): Promise<DaemonTree> {
-  return pollFor(`a supervisor${not ? ` other than ${not}` : ''} with ${workers} worker(s)`, () => {
+  return pollFor(`a supervisor${not ? ` other than ${not}` : ''} with ${workers} ready worker(s)`, async () => {
     const t = daemonTrees(apache.pid);
-    if (t.length === 1 && t[0]!.supervisor !== not && t[0]!.workers.length === workers) return t[0];
+    if (t.length !== 1 || t[0]!.supervisor === not || t[0]!.workers.length !== workers) return undefined;
+    for (const p of statusSockets(apache.root)) {
+      const st = await readStatusSocket(p).catch(() => null);
+      if (st?.pid === t[0]!.supervisor && st.processes.length === workers && st.processes.every((w) => w.state === 'ready')) return t[0];
+    }
     return undefined;
   }).then((r) => r.value);
 }
@@ -64,12 +71,19 @@ async function statusPathOf(dir: string, name: string): Promise<string> {
   throw new Error(`no status socket under ${dir} answers for group ${name}`);
 }
 
+/** Runs `body` against a fresh Apache, then checks that its stop needed no SIGKILL: neither the harness's nor the supervisor's (TSGI0240). */
 async function withApache(config: string, body: (apache: ApacheInstance) => Promise<void>): Promise<void> {
   const apache = await startApache({ modules: [MOD_TSGI], config });
+  let ok = false;
   try {
     await body(apache);
+    ok = true;
   } finally {
-    if (!apache.stopped) await apache.stop();
+    const { killed } = await apache.stop();
+    if (ok) {
+      expect(killed).toEqual([]);
+      expect(apache.errorLog()).not.toMatch(/TSGI0240/);
+    }
   }
 }
 

@@ -236,6 +236,10 @@ free_port() {
   node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
 }
 # Machine CPU busy (% of all vCPUs) over 1 s.
+cpu_snap() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
+busy_between() { # $1, $2 = cpu_snap outputs: % of all vCPUs busy in between
+  awk -v a="$1" -v b="$2" 'BEGIN{split(a,x," "); split(b,y," "); bu=y[1]-x[1]; id=y[2]-x[2]; printf "%.0f", (bu+id>0 ? 100*bu/(bu+id) : 0)}'
+}
 cpu_busy_pct() {
   local a b
   a="$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"; sleep 1
@@ -389,7 +393,7 @@ start_apache() { # $1 = root
 }
 
 RESULTS="$TMP/runs.tsv"
-printf 'round\tconfig\treqs\trequests\tp50_ms\tp99_ms\terrors\tmpm_idle_n\tmpm_idle_kb\td_idle_n\td_idle_kb\td_idle_pss_kb\tmpm_after_n\tmpm_after_kb\td_after_n\td_after_kb\td_after_pss_kb\tcpu_us_per_req\tcpu_daemon_us_per_req\tbusy_before_pct\n' >"$RESULTS"
+printf 'round\tconfig\treqs\trequests\tp50_ms\tp99_ms\terrors\tmpm_idle_n\tmpm_idle_kb\td_idle_n\td_idle_kb\td_idle_pss_kb\tmpm_after_n\tmpm_after_kb\td_after_n\td_after_kb\td_after_pss_kb\tcpu_us_per_req\tcpu_daemon_us_per_req\tmachine_busy_run_pct\terrors_detail\tbusy_before_pct\n' >"$RESULTS"
 CLK_TCK="$(getconf CLK_TCK)"
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -438,7 +442,7 @@ for round in $(seq 1 "$ROUNDS"); do
     procs="$(classify "$ppid" "$root")"
     all_before="$ppid $(awk '{print $2}' <<<"$procs" | tr '\n' ' ')"
     daemons_before="$(kind_pids daemon <<<"$procs" | tr '\n' ' ')"
-    t0="$(ticks_of $all_before)"; t0d="$(ticks_of $daemons_before)"
+    t0="$(ticks_of $all_before)"; t0d="$(ticks_of $daemons_before)"; m0="$(cpu_snap)"
     PERF_PID=""
     if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
       perf record -q -g -o "$root/perf.data" -p "$(echo $all_before | tr ' ' ,)" >"$root/perf.out" 2>&1 &
@@ -446,7 +450,7 @@ for round in $(seq 1 "$ROUNDS"); do
       sleep 0.5
     fi
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" >"$root/wrk.txt" 2>&1
-    t1="$(ticks_of $all_before)"; t1d="$(ticks_of $daemons_before)"
+    t1="$(ticks_of $all_before)"; t1d="$(ticks_of $daemons_before)"; mbusy="$(busy_between "$m0" "$(cpu_snap)")"
     if [ -n "$PERF_PID" ]; then kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true; fi
     procs="$(classify "$ppid" "$root")"
     read -r ma_n ma_kb _ <<<"$(mem_of $(kind_pids mpm <<<"$procs"))"
@@ -458,12 +462,14 @@ for round in $(seq 1 "$ROUNDS"); do
     p50="$(to_ms "$(awk '$1=="50%"{print $2}' "$root/wrk.txt")")"
     p99="$(to_ms "$(awk '$1=="99%"{print $2}' "$root/wrk.txt")")"
     errs="$(awk '/Socket errors/{gsub(/,/,""); s=$4+$6+$8+$10} /Non-2xx/{n=$NF} END{print (s+0)+(n+0)}' "$root/wrk.txt")"
+    # Which kind: c(onnect)/r(ead)/w(rite)/t(imeout) socket errors and n(on-2xx) responses.
+    errd="$(awk '/Socket errors/{gsub(/,/,""); c=$4; r=$6; w=$8; t=$10} /Non-2xx/{n=$NF} END{printf "c%d/r%d/w%d/t%d/n%d", c, r, w, t, n}' "$root/wrk.txt")"
     [ -n "$rps" ] && [ -n "$nreq" ] || { cat "$root/wrk.txt" >&2; die "$cfg: no wrk result"; }
     cpu="$(awk -v a="$t0" -v b="$t1" -v n="$nreq" -v hz="$CLK_TCK" 'BEGIN{printf "%.1f", (b-a)/hz*1e6/(n>0?n:1)}')"
     cpud="$(awk -v a="$t0d" -v b="$t1d" -v n="$nreq" -v hz="$CLK_TCK" 'BEGIN{printf "%.1f", (b-a)/hz*1e6/(n>0?n:1)}')"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$cfg" "$rps" "$nreq" "$p50" "$p99" "$errs" \
-      "$mi_n" "$mi_kb" "$di_n" "$di_kb" "$di_pss" "$ma_n" "$ma_kb" "$da_n" "$da_kb" "$da_pss" "$cpu" "$cpud" "$busy" >>"$RESULTS"
-    log "round $round $cfg: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $errs, ${cpu} µs CPU/req (daemons ${cpud}); daemons idle $di_n/${di_kb} kB (PSS ${di_pss}), after $da_n/${da_kb} kB; Apache workers idle $mi_n/${mi_kb} kB"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$cfg" "$rps" "$nreq" "$p50" "$p99" "$errs" \
+      "$mi_n" "$mi_kb" "$di_n" "$di_kb" "$di_pss" "$ma_n" "$ma_kb" "$da_n" "$da_kb" "$da_pss" "$cpu" "$cpud" "$mbusy" "$errd" "$busy" >>"$RESULTS"
+    log "round $round $cfg: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $errs ($errd), ${cpu} µs CPU/req (daemons ${cpud}), machine ${mbusy}% busy; daemons idle $di_n/${di_kb} kB (PSS ${di_pss}), after $da_n/${da_kb} kB; Apache workers idle $mi_n/${mi_kb} kB"
     stop_apache "$root"
     CUR_ROOT=""
     stop_backend
@@ -532,12 +538,12 @@ def per(cfg, n, s):
     return med([int(by[(rd, cfg)][s]) / max(1, int(by[(rd, cfg)][n])) / MiB for rd in rounds if (rd, cfg) in by])
 res = {}
 for c in cfgs:
-    res[c] = dict(rps=med(f(c, 'reqs')), p50=med(f(c, 'p50_ms')), p99=med(f(c, 'p99_ms')), cpu=med(f(c, 'cpu_us_per_req')), cpud=med(f(c, 'cpu_daemon_us_per_req')),
+    res[c] = dict(rps=med(f(c, 'reqs')), p50=med(f(c, 'p50_ms')), p99=med(f(c, 'p99_ms')), cpu=med(f(c, 'cpu_us_per_req')), cpud=med(f(c, 'cpu_daemon_us_per_req')), mbusy=med(f(c, 'machine_busy_run_pct')),
                   d_n=med(f(c, 'd_idle_n', int)), d_idle=med([x / MiB for x in f(c, 'd_idle_kb', int)]),
                   d_pss=med([x / MiB for x in f(c, 'd_idle_pss_kb', int)]),
                   d_after=med([x / MiB for x in f(c, 'd_after_kb', int)]),
                   mpm=per(c, 'mpm_idle_n', 'mpm_idle_kb'),
-                  errs=','.join(by[(rd, c)]['errors'] for rd in rounds if (rd, c) in by))
+                  errs=', '.join(by[(rd, c)]['errors_detail'] for rd in rounds if (rd, c) in by))
     res[c]['ratio'] = ratio(c, 'static') if 'static' in cfgs else float('nan')
 L = []
 w = L.append
@@ -558,12 +564,12 @@ w('Every configuration answers \`Hello World!\\\\n\` (13 bytes, \`Content-Type: 
 w('')
 w('## Results (medians of %d rounds)' % len(rounds))
 w('')
-w('| # | config | req/s | ratio to static | p50 ms | p99 ms | server CPU µs/req (of it daemons) | daemon processes | daemons idle RSS MiB (sum) | daemons idle PSS MiB | daemons RSS after MiB | Apache RSS/worker idle MiB | wrk errors per round |')
-w('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+w('| # | config | req/s | ratio to static | p50 ms | p99 ms | server CPU µs/req (of it daemons) | machine CPU busy during run | daemon processes | daemons idle RSS MiB (sum) | daemons idle PSS MiB | daemons RSS after MiB | Apache RSS/worker idle MiB | wrk errors per round |')
+w('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 for i, c in enumerate(cfgs, 1):
     r = res[c]
-    w('| %d | %s | %s | **%.3f** | %.3f | %.3f | %.1f (%.1f) | %s (%g) | %.1f | %.1f | %.1f | %.1f | %s |' % (
-        i, names[c], format(round(r['rps']), ','), r['ratio'], r['p50'], r['p99'], r['cpu'], r['cpud'], daemons[c], r['d_n'],
+    w('| %d | %s | %s | **%.3f** | %.3f | %.3f | %.1f (%.1f) | %.0f %% | %s (%g) | %.1f | %.1f | %.1f | %.1f | %s |' % (
+        i, names[c], format(round(r['rps']), ','), r['ratio'], r['p50'], r['p99'], r['cpu'], r['cpud'], r['mbusy'], daemons[c], r['d_n'],
         r['d_idle'], r['d_pss'], r['d_after'], r['mpm'], r['errs']))
 w('')
 w('Per round (req/s): ' + '; '.join('%s: %s' % (c, ', '.join(format(round(x), ',') for x in f(c, 'reqs'))) for c in cfgs) + '.')
@@ -612,7 +618,10 @@ w('- Daemon processes: everything the Apache parent started that is not one of i
   'RSS is the sum of VmRSS (shared pages counted once per process), PSS the sum of Pss from smaps_rollup. '
   '"Apache RSS/worker" is the mean VmRSS of Apache\\'s worker children (no application code in them in any of these configurations).')
 w('- Server CPU µs/req: utime+stime of the Apache parent, its workers and all daemon processes over the main run, divided by its requests. '
-  'It is the cost of the whole server path without wrk; in brackets the daemon processes\' share (the rest is Apache).')
+  'It is the cost of the whole server path without wrk; in brackets the daemon processes\' share (the rest is Apache). '
+  '"machine CPU busy during run": all vCPUs over the main run, wrk and any other load included; well under 100 %% means the '
+  'configuration did not use the CPUs it had (waiting, not computing). wrk errors: c(onnect)/r(ead)/w(rite)/t(imeout) socket errors and '
+  'n(on-2xx) responses per round.')
 w('- The machine\\'s CPU use in the last 1 s sample before each start: median %s %%, max %s %% of all vCPUs (busy_before_pct); '
   '%d of %d measurements started after the quiet wait timed out. Compare ratios rather than absolute req/s across runs.' % (
       med([float(r['busy_before_pct']) for r in rows]), max(float(r['busy_before_pct']) for r in rows),

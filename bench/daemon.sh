@@ -423,6 +423,9 @@ for round in $(seq 1 "$ROUNDS"); do
     got=""
     for i in $(seq 1 300); do got="$(fetch_body "$url"; echo x)"; got="${got%x}"; [ "$got" = "$BODY" ] && break; sleep 0.1; done
     [ "$got" = "$BODY" ] || { cat "$root/error.log" "$root/passenger.log" >&2 2>/dev/null; die "$cfg: wrong body: $(printf %q "$got")"; }
+    # The response head as the client sees it (Date dropped), for the report.
+    curl -si --max-time 5 "$url" | tr -d '\r' | sed -n '1,/^$/p' | grep -v '^Date:' | grep -v '^$' >"$root/head.txt" || true
+    [ "$round" = 1 ] && cp "$root/head.txt" "$TMP/head-$cfg.txt"
     want="$(expected_daemons "$cfg")"
     for i in $(seq 1 200); do
       have="$(classify "$ppid" "$root" | kind_pids daemon | wc -l)"
@@ -514,10 +517,11 @@ CPU="$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)"
 MEM="$(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 GIT_REV="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- native src 2>/dev/null || echo '+dirty')"
 
-python3 - "$RESULTS" "$OUT" <<PY
-import csv, statistics as st, sys
+python3 - "$RESULTS" "$OUT" "$TMP" <<PY
+import csv, os, statistics as st, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter='\t'))
 out = sys.argv[2]
+tmp = sys.argv[3]
 names = {'static': 'static: Apache event, 13-byte file',
          'tsgi-daemon': 'mod_tsgi daemon 2×15 (examples/hello.tsgi)',
          'wsgi-daemon': 'mod_wsgi daemon 2×15 (Python hello world)',
@@ -573,6 +577,15 @@ for i, c in enumerate(cfgs, 1):
         r['d_idle'], r['d_pss'], r['d_after'], r['mpm'], r['errs']))
 w('')
 w('Per round (req/s): ' + '; '.join('%s: %s' % (c, ', '.join(format(round(x), ',') for x in f(c, 'reqs'))) for c in cfgs) + '.')
+w('')
+w('Response heads (round 1, \`curl -si\`, Date left out), all with the same 13-byte body:')
+w('')
+for c in cfgs:
+    try:
+        head = [l for l in open(os.path.join(tmp, 'head-%s.txt' % c)).read().split('\n') if l]
+    except FileNotFoundError:
+        head = ['?']
+    w('- %s: %s' % (c, '; '.join('\`%s\`' % l for l in head)))
 w('')
 w('## Issue 4 targets')
 w('')

@@ -7,6 +7,7 @@ let top = 30;
 if (args[0] === '--top') { top = +args[1]; args.splice(0, 2); }
 if (!args.length) { console.error('usage: node cpuprofile-top.js [--top N] FILE.cpuprofile...'); process.exit(2); }
 const byFn = new Map();
+const inclFn = new Map();
 const byArea = new Map();
 let total = 0;
 const add = (m, k, v) => m.set(k, (m.get(k) || 0) + v);
@@ -24,6 +25,14 @@ for (const file of args) {
     console.error(`${file}: not a cpuprofile (nodes/samples/timeDeltas missing)`); process.exit(1);
   }
   const node = new Map(p.nodes.map((n) => [n.id, n]));
+  const parent = new Map();
+  for (const n of p.nodes) for (const c of n.children || []) parent.set(c, n.id);
+  const keyOf = (n) => {
+    const cf = n.callFrame;
+    const name = cf.functionName || '(anonymous)';
+    const where = cf.url ? `${cf.url.replace(/^file:\/\//, '').replace(/^.*\/dist\//, 'dist/')}:${cf.lineNumber + 1}` : '';
+    return where ? `${name}  ${where}` : name;
+  };
   // Self time: each sample's delta goes to the node it hit (more exact than hitCount x mean interval).
   for (let i = 0; i < p.samples.length; i++) {
     const n = node.get(p.samples[i]);
@@ -35,6 +44,16 @@ for (const file of args) {
     add(byFn, where ? `${name}  ${where}` : name, dt);
     add(byArea, area(cf.url, name), dt);
     total += dt;
+    // Inclusive: every distinct function on the sample's stack gets the delta once.
+    if (!name.startsWith('(')) {
+      const seen = new Set();
+      for (let id = n.id; id !== undefined; id = parent.get(id)) {
+        const k = keyOf(node.get(id));
+        if (k === '(root)' || seen.has(k)) continue;
+        seen.add(k);
+        add(inclFn, k, dt);
+      }
+    }
   }
 }
 const pct = (v) => (100 * v / total).toFixed(1).padStart(5) + ' %';
@@ -43,3 +62,5 @@ console.log('\nself time by area:');
 for (const [k, v] of [...byArea].sort((a, b) => b[1] - a[1]).slice(0, 15)) console.log(`  ${pct(v)}  ${k}`);
 console.log(`\nself time, top ${top} functions:`);
 for (const [k, v] of [...byFn].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`  ${pct(v)}  ${k}`);
+console.log(`\ninclusive time (self + callees), top ${top} functions:`);
+for (const [k, v] of [...inclFn].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`  ${pct(v)}  ${k}`);

@@ -129,6 +129,13 @@ export interface PoolStatusReport {
 /** The pool could not start (the script fails to load, the socket is in use ...). */
 export class DaemonStartError extends Error {
   override readonly name = 'DaemonStartError';
+  /** True when the start ended because a stop was asked for, not because something failed. */
+  constructor(
+    message: string,
+    readonly stopped = false,
+  ) {
+    super(message);
+  }
 }
 
 interface Worker {
@@ -532,6 +539,12 @@ export class DaemonPool {
       if (fast) for (const w of this.workers) kill(w, 'SIGKILL');
       return;
     }
+    // A stop asked for before every worker was ready ends the start too: start() must
+    // settle, or whoever awaits it (the --apache entry) would never reach its exit.
+    if (this.phase === 'starting' && this.startup) {
+      this.startup.reject(new DaemonStartError(`stopped before the pool was ready (${why})`, true));
+      this.startup = null;
+    }
     this.phase = 'stopping';
     this.log.log('info', `stopping (${why}): ${this.workers.size} worker(s) finish what they accepted, for up to ${this.options.gracefulTimeoutMs / 1000} s`);
     this.closeSocket();
@@ -743,8 +756,9 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     try {
       await pool.start();
     } catch (err) {
-      log.log('error', `cannot start: ${(err as Error).message}`);
       await pool.stopped;
+      if (err instanceof DaemonStartError && err.stopped) return 0;
+      log.log('error', `cannot start: ${(err as Error).message}`);
       return 1;
     }
     const o = pool.options;
@@ -987,8 +1001,9 @@ export async function runApacheDaemon(): Promise<number> {
     try {
       await pool.start();
     } catch (err) {
-      log.log('error', `cannot start: ${(err as Error).message}`);
       await pool.stopped;
+      if (err instanceof DaemonStartError && err.stopped) return 0;
+      log.log('error', `cannot start: ${(err as Error).message}`);
       return 1;
     }
     log.log('info', `ready: ${config.processes} process(es) x ${config.threads} thread(s) on fd ${APACHE_LISTEN_FD}`);

@@ -475,6 +475,20 @@ describe('daemon-mode.js --apache: lifecycle', () => {
     expect(d.log()).toMatch(/still busy after graceful-timeout/);
   });
 
+  it('SIGTERM while the workers are still loading ends the start and exits 0, leaving no worker', async () => {
+    // A script that takes a while to load keeps the workers "starting" (Apache stopped
+    // right after it started: the start must not wait for them, nor hang).
+    const slow = path.join(dir, 'slow-load.tsgi');
+    fs.writeFileSync(slow, `const until = Date.now() + 3000;\nwhile (Date.now() < until);\n${APP('slow')}`);
+    const d = await launch({ preload: [slow], processes: 2 });
+    await waitFor('a worker to be spawned', () => /spawned worker pid \d+/.test(d.log()), d);
+    const workers = [...d.log().matchAll(/spawned worker pid (\d+)/g)].map((m) => Number(m[1]));
+    process.kill(d.child.pid as number, 'SIGTERM');
+    expect(await d.exit).toEqual({ code: 0, signal: null });
+    for (const p of workers) expect(pidAlive(p), `worker ${p}`).toBe(false);
+    expect(d.log()).not.toMatch(/cannot start/);
+  });
+
   it('stops when the Apache parent is gone (kill -9)', async () => {
     const d = await launch({}, { viaShell: true });
     await waitFor('the ready line', () => /daemon app: ready: \d+ process\(es\)/.test(d.log()), d, 30_000);

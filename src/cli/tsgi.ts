@@ -21,7 +21,7 @@ commands:
       Runs APP.tsgi on a development HTTP server (default http://127.0.0.1:8000/).
   module-config
       Prints the httpd.conf lines that load mod_tsgi (built by \`npm run build\`).
-  express start-server APP.tsgi [--port N] [--host H] [--mode embedded]
+  express start-server APP.tsgi [--port N] [--host H] [--mode embedded|daemon]
                        [--processes N] [--threads N] [--user U] [--group G]
                        [--mount-point /PATH] [--url-alias URL PATH] [--reload-on-changes]
                        [--setenv NAME VALUE] [--request-timeout S] [--server-status]

@@ -656,7 +656,7 @@ describe('apachectl -k graceful under load', () => {
     await apache.graceful(30_000);
     // Load goes on until the new daemons have served a while.
     await pollFor('the new generation serving', () =>
-      traffic.results.filter((r) => r.startedAt > t0 && r.pid !== null && !oldPids.includes(r.pid)).length >= 10 ? true : undefined,
+      traffic.results.filter((r) => r.startedAt > t0 && r.pid !== null && !oldPids.includes(r.pid)).length >= 30 ? true : undefined,
     30_000);
     const results = await traffic.stop();
     const failed = results.filter((r) => r.status !== 200 || !r.complete);

@@ -192,6 +192,8 @@ describe('daemon faults (one Apache, a group per concern)', () => {
           'TSGIDaemonProcess queue processes=1 threads=1 queue-timeout=1',
           'TSGIDaemonProcess nobody processes=1 user=nobody group=nogroup',
           'TSGIDaemonProcess reload processes=2',
+          // Never gets a request: what the status view says about a process that is only ready.
+          'TSGIDaemonProcess idle processes=1',
           `TSGIScriptAlias /pool ${FAULTS} process-group=pool`,
           `TSGIScriptAlias /maxreq ${FAULTS} process-group=maxreq`,
           `TSGIScriptAlias /spin ${FAULTS} process-group=spin`,
@@ -199,6 +201,7 @@ describe('daemon faults (one Apache, a group per concern)', () => {
           `TSGIScriptAlias /queue ${FAULTS} process-group=queue`,
           `TSGIScriptAlias /nobody ${FAULTS} process-group=nobody`,
           `TSGIScriptAlias /reload ${root}/apps/version.tsgi process-group=reload`,
+          `TSGIScriptAlias /idle ${FAULTS} process-group=idle`,
           '<Location /tsgi-status>',
           '  SetHandler tsgi-status',
           '</Location>',
@@ -236,9 +239,17 @@ describe('daemon faults (one Apache, a group per concern)', () => {
   const pidOf = (r: HttpResponse) => (JSON.parse(r.text) as { pid: number }).pid;
   const mark = (name: string) => join(apache.root, 'marks', `${name}-${Date.now()}`);
   const status = (group: string) => groupStatus(apache.root, group);
+  /** The group's ready pids, once there are `n` of them (a test may run first, alone). */
+  const ready = async (group: string, n: number) =>
+    (
+      await pollFor(`group ${group}: ${n} ready`, async () => {
+        const pids = readyPids(await status(group));
+        return pids.length === n ? pids : undefined;
+      })
+    ).value;
 
   it('every group is up: one supervisor each, the configured number of workers, sockets 0600 owned by the right users', async () => {
-    const groups = { pool: 2, maxreq: 1, spin: 2, never: 2, queue: 1, nobody: 1, reload: 2, vh: 1 };
+    const groups = { pool: 2, maxreq: 1, spin: 2, never: 2, queue: 1, nobody: 1, reload: 2, idle: 1, vh: 1 };
     for (const [g, n] of Object.entries(groups)) {
       const { value: st } = await pollFor(`group ${g} ready`, async () => {
         const s = await status(g);
@@ -273,7 +284,7 @@ describe('daemon faults (one Apache, a group per concern)', () => {
   });
 
   it('kill -9 of a worker under load: only its in-flight requests fail (502 or truncated), a new worker serves', async () => {
-    const before = readyPids(await status('pool'));
+    const before = await ready('pool', 2);
     expect(before).toHaveLength(2);
     // A slow request in flight: its head and first chunk are out, it waits for a flag.
     const flag = mark('kill9');
@@ -328,6 +339,15 @@ describe('daemon faults (one Apache, a group per concern)', () => {
     expect(results.filter((r) => r.startedAt > dead && r.pid === victim)).toEqual([]);
     // The crash is logged with the pid, the signal and the requests in flight.
     await apache.waitForLog(new RegExp(`${victim}[^\\n]*(SIGKILL|signal 9)[^\\n]*\\/pool\\/hold`), 5000, logMark);
+    // And each failed request by the Apache child, with the daemon's pid: exactly one
+    // line per 502, and one for the truncated held response (mod_wsgi #226: every crash
+    // can be tied to its requests).
+    const childLines = since(apache.errorLog(), logMark)
+      .split('\n')
+      .filter((l) => l.includes('TSGI0313') && l.includes(`(pid ${victim})`));
+    expect(childLines.filter((l) => /GET \/pool\/slow\?ms=\d+, before the response started/.test(l)), childLines.join('\n')).toHaveLength(failed.length);
+    expect(childLines.filter((l) => /GET \/pool\/hold\?flag=\S+: the response is truncated/.test(l)), childLines.join('\n')).toHaveLength(1);
+    expect(childLines).toHaveLength(failed.length + 1);
     console.log(
       `daemon kill -9: ${results.length} requests from 8 clients, ${failed.length} failed (502, in flight on pid ${victim}); ` +
         `replacement pid ${replacement} ready ${readyMs} ms after the kill, first request served by it at ${servedMs} ms`,
@@ -335,6 +355,7 @@ describe('daemon faults (one Apache, a group per concern)', () => {
   }, 60_000);
 
   it('maximum-requests=5: the pid changes after every 5 requests; nothing fails (20 sequential, then concurrent)', async () => {
+    await ready('maxreq', 1);
     const sequence: number[] = [];
     const served = new Map<number, number>();
     for (let i = 0; i < 20; i++) {
@@ -381,7 +402,7 @@ describe('daemon faults (one Apache, a group per concern)', () => {
   for (const stuck of ['spin', 'never'] as const) {
     const what = stuck === 'spin' ? 'a busy loop' : 'a promise that never settles';
     it(`request-timeout=2, ${what}: 504, the process is recycled, other requests are served meanwhile`, async () => {
-      const before = readyPids(await status(stuck));
+      const before = await ready(stuck, 2);
       expect(before).toHaveLength(2);
       const m = mark(stuck);
       const logMark = apache.logMark();
@@ -413,6 +434,7 @@ describe('daemon faults (one Apache, a group per concern)', () => {
   }
 
   it('queue-timeout=1 with one thread: a request queued behind a 3 s one gets 503; the slow one completes', async () => {
+    await ready('queue', 1);
     const slow = get('/queue/slow?ms=3000');
     await pollFor('the slow request in flight', async () => {
       const st = await status('queue');
@@ -428,7 +450,7 @@ describe('daemon faults (one Apache, a group per concern)', () => {
   }, 30_000);
 
   it('a script that throws at load: 500, the error in the virtual host\'s error log; the daemon serves its other script', async () => {
-    const before = readyPids(await status('vh'));
+    const before = await ready('vh', 1);
     expect(before).toHaveLength(1);
     const m = fileSize(vhostLog);
     const r = await getVhost('/broken');
@@ -524,7 +546,7 @@ describe('daemon faults (one Apache, a group per concern)', () => {
     const m = fileSize(vhostLog);
     const head = `GET /ok/stream HTTP/1.1\r\nHost: ${vhost}:${apache.port}\r\nConnection: close\r\n\r\n`;
     // vh has one worker: the stream runs there.
-    const [victim] = readyPids(await status('vh'));
+    const [victim] = await ready('vh', 1);
     expect(victim).toBeGreaterThan(0);
     const raw = rawRequest(apache.port, head, { timeoutMs: 20_000 });
     await pollFor('the stream in flight', async () => ((await status('vh')).processes.some((p) => p.pid === victim && p.inflight === 1) ? true : undefined));
@@ -546,7 +568,7 @@ describe('daemon faults (one Apache, a group per concern)', () => {
     const first = await get('/reload');
     expect(first.status).toBe(200);
     expect(first.text).toMatch(/^version 1 \d+$/);
-    const before = readyPids(await status('reload'));
+    const before = await ready('reload', 2);
     expect(before).toHaveLength(2);
     const file = join(apache.root, 'apps', 'version.tsgi');
     writeFileSync(file, VERSION_APP(2));
@@ -568,13 +590,18 @@ describe('daemon faults (one Apache, a group per concern)', () => {
   }, 30_000);
 
   it('the status view: SetHandler tsgi-status and `tsgi status` list every process of a group with pid, requests, in-flight, RSS, uptime', async () => {
+    await ready('pool', 2);
     await get('/pool/pid');
     const st = await status('pool');
     const pids = readyPids(st);
     expect(pids).toHaveLength(2);
-    for (const p of st.processes) {
+    // A process that has served nothing yet is listed with its real RSS too.
+    await ready('idle', 1);
+    const idle = await status('idle');
+    for (const p of [...st.processes, ...idle.processes]) {
       expect(p).toMatchObject({ pid: expect.any(Number), requests: expect.any(Number), inflight: expect.any(Number), rssBytes: expect.any(Number), uptimeMs: expect.any(Number) });
-      expect(p.rssBytes).toBeGreaterThan(1024 * 1024);
+      expect(p.rssBytes, `rssBytes of pid ${p.pid} (${p.requests} request(s) served)`).toBeGreaterThan(1024 * 1024);
+      expect(p.uptimeMs).toBeGreaterThan(0);
     }
     expect(st.processes.reduce((n, p) => n + p.requests, 0)).toBeGreaterThan(0);
 

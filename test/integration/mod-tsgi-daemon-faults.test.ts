@@ -194,6 +194,8 @@ describe('daemon faults (one Apache, a group per concern)', () => {
           'TSGIDaemonProcess reload processes=2',
           // Never gets a request: what the status view says about a process that is only ready.
           'TSGIDaemonProcess idle processes=1',
+          // No options at all: one process, not "given" (tsgi.multiprocess false, as mod_wsgi).
+          'TSGIDaemonProcess plain',
           `TSGIScriptAlias /pool ${FAULTS} process-group=pool`,
           `TSGIScriptAlias /maxreq ${FAULTS} process-group=maxreq`,
           `TSGIScriptAlias /spin ${FAULTS} process-group=spin`,
@@ -202,6 +204,7 @@ describe('daemon faults (one Apache, a group per concern)', () => {
           `TSGIScriptAlias /nobody ${FAULTS} process-group=nobody`,
           `TSGIScriptAlias /reload ${root}/apps/version.tsgi process-group=reload`,
           `TSGIScriptAlias /idle ${FAULTS} process-group=idle`,
+          `TSGIScriptAlias /plain ${FAULTS} process-group=plain`,
           '<Location /tsgi-status>',
           '  SetHandler tsgi-status',
           '</Location>',
@@ -249,7 +252,7 @@ describe('daemon faults (one Apache, a group per concern)', () => {
     ).value;
 
   it('every group is up: one supervisor each, the configured number of workers, sockets 0600 owned by the right users', async () => {
-    const groups = { pool: 2, maxreq: 1, spin: 2, never: 2, queue: 1, nobody: 1, reload: 2, idle: 1, vh: 1 };
+    const groups = { pool: 2, maxreq: 1, spin: 2, never: 2, queue: 1, nobody: 1, reload: 2, idle: 1, plain: 1, vh: 1 };
     for (const [g, n] of Object.entries(groups)) {
       const { value: st } = await pollFor(`group ${g} ready`, async () => {
         const s = await status(g);
@@ -281,6 +284,8 @@ describe('daemon faults (one Apache, a group per concern)', () => {
     const q = JSON.parse((await get('/queue/pid')).text) as { group: string; multiprocess: boolean; multithread: boolean };
     // processes=1 threads=1 written out: one process (but "given", as mod_wsgi), one thread.
     expect(q).toMatchObject({ group: 'queue', multiprocess: true, multithread: false });
+    const plain = JSON.parse((await get('/plain/pid')).text) as { group: string; multiprocess: boolean; multithread: boolean };
+    expect(plain).toMatchObject({ group: 'plain', multiprocess: false, multithread: true });
   });
 
   it('kill -9 of a worker under load: only its in-flight requests fail (502 or truncated), a new worker serves', async () => {

@@ -278,6 +278,7 @@ describe.each(TSGI_MODES)('%s mode', (mode: TsgiMode) => {
       expect(env.get('tsgi.url_scheme')).toBe('http');
       expect(env.get('tsgi.version')).toEqual([1, 0]);
       expect(env.get('tsgi.multithread')).toBe(true);
+      // embedded: Apache runs several children; daemon: processes= was given (mod_wsgi's rule).
       expect(env.get('tsgi.multiprocess')).toBe(true);
       expect(env.get('tsgi.run_once')).toBe(false);
       expect(env.get('tsgi.input')).toBe('<object>');

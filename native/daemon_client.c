@@ -595,6 +595,15 @@ static int x_run(tsgi_x_t *x)
             }
             continue;
         }
+        if (pending) {
+            /* The socket is nearly always writable: write first, poll only on EAGAIN
+             * (one poll per request less than asking first). */
+            if ((rc = x_write(x)) >= 0)
+                return rc;
+            pending = x->out_off < x->out_len;
+            if (!pending)
+                continue;
+        }
         pfd.fd = x->conn->fd;
         pfd.events = (short)((x->trailer ? 0 : POLLIN) | (pending ? POLLOUT : 0));
         pfd.revents = 0;

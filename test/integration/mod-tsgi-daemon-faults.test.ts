@@ -19,10 +19,13 @@
  *   the pid and the request;
  * - script reloading recycles the group without losing the request that noticed;
  * - the status view: SetHandler tsgi-status and `tsgi status`;
- * - apachectl -k graceful under load: no request fails, the daemons are new.
+ * - apachectl -k graceful under load: no request fails, the daemons are new;
+ * - stop while a group is still starting: bounded, clean, no daemon left.
  *
  * One Apache ("main") carries a daemon group per concern, so the cases do not disturb
- * each other; graceful restart and the unstartable node get Apaches of their own.
+ * each other; graceful restart, the unstartable node and the stop during start-up get
+ * Apaches of their own. The figures the issue asks for (respawn time after kill -9,
+ * request counts across the graceful restart) are printed, never asserted.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFile, spawn } from 'node:child_process';

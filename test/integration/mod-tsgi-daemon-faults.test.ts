@@ -776,3 +776,30 @@ describe('stop while a group is still starting', () => {
     expect(apache.errorLog()).toMatch(/daemon slow: stopped/);
   }, 60_000);
 });
+
+// ---------------------------------------------------------------------------------------
+
+describe('the Apache parent killed with SIGKILL', () => {
+  it('its daemons notice and stop on their own (nothing is left running)', async () => {
+    ensureMode('daemon');
+    const apache = await startApache({
+      modules: [MOD_TSGI],
+      config: ['TSGIDaemonProcess orphan processes=2', `TSGIScriptAlias /o ${FAULTS} process-group=orphan`, ...ONE_CHILD].join('\n'),
+    });
+    try {
+      expect((await request(apache.url('/o/pid'), { timeoutMs: 30_000 })).status).toBe(200);
+      const { value: tree } = await pollFor('the group up', () => {
+        const t = daemonTrees(apache.pid);
+        return t.length === 1 && t[0]!.workers.length === 2 ? t[0]! : undefined;
+      });
+      const daemons = [tree.supervisor, ...tree.workers];
+      // The parent and its own process group (the Apache children) die at once; the
+      // daemons (their own session) are left to notice by themselves.
+      process.kill(-apache.pid, 'SIGKILL');
+      const { ms } = await pollFor('every daemon gone', () => (daemons.some(pidAlive) ? undefined : true), 30_000);
+      console.log(`daemon orphaned by kill -9 of the Apache parent: all ${daemons.length} processes gone after ${ms} ms`);
+    } finally {
+      await apache.stop().catch(() => undefined);
+    }
+  }, 60_000);
+});

@@ -532,32 +532,6 @@ static int x_write(tsgi_x_t *x)
     return -1;
 }
 
-/*
- * Whether the client has gone while the daemon has nothing for it: the connection was
- * aborted, or its socket reports end-of-stream or an error. It peeks without consuming:
- * unread bytes (a pipelined request) mean "still there". HTTP/2 streams (c->master)
- * share their socket and are not checked here.
- */
-static int client_gone(conn_rec *c)
-{
-    apr_socket_t *sock;
-    apr_os_sock_t fd;
-    char byte;
-    ssize_t n;
-
-    if (c->aborted)
-        return 1;
-    if (c->master)
-        return 0;
-    sock = ap_get_conn_socket(c);
-    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS)
-        return 0;
-    n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0)
-        return 1;
-    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-}
-
 static int x_run(tsgi_x_t *x)
 {
     int rc, timeout;
@@ -625,7 +599,7 @@ static int x_run(tsgi_x_t *x)
                 return X_NO_HELLO;
             if (now - x->last_io >= apr_time_from_msec(x->timeout_ms))
                 return X_TIMEOUT;
-            if (client_gone(x->r->connection))
+            if (tsgi_client_gone(x->r->connection))
                 return X_CLIENT_GONE;
             continue;
         }

@@ -1786,32 +1786,6 @@ static int tsgi_read_chunk(request_rec *r, apr_bucket_brigade *bb, tsgi_chunk_t 
     return eos ? IN_EOF : IN_OPEN;
 }
 
-/*
- * Whether the client has gone while the app runs with nothing to write: the connection
- * was aborted, or the socket reports end-of-stream or an error. Like nginx's check of a
- * broken connection, it peeks without consuming; unread request bytes mean "still
- * there". HTTP/2 streams (c->master) share their socket and are not checked here.
- */
-static int tsgi_client_gone(conn_rec *c)
-{
-    apr_socket_t *sock;
-    apr_os_sock_t fd;
-    char byte;
-    ssize_t n;
-
-    if (c->aborted)
-        return 1;
-    if (c->master)
-        return 0;
-    sock = ap_get_conn_socket(c);
-    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS)
-        return 0;
-    n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0)
-        return 1;
-    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-}
-
 /* The length of `s` as the inside of a JSON string; with `out`, also writes it there.
  * Bytes >= 0x80 pass as they are (the Node thread decodes the text as UTF-8, exactly as
  * it would decode the plain value); '"', '\\' and control characters are escaped. */

@@ -1,6 +1,6 @@
 /*
  * What embedded mode (embed.c) and daemon mode (daemon_client.c) both do to a response
- * that cannot be completed.
+ * that cannot be completed, and how both notice a client that went away.
  */
 #ifndef TSGI_RESPONSE_H
 #define TSGI_RESPONSE_H
@@ -8,6 +8,12 @@
 #include "httpd.h"
 #include "http_protocol.h"
 #include "util_filter.h"
+#include "apr_network_io.h"
+#include "apr_portable.h"
+
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 
 /* A response that cannot be completed must not look complete: a 502 error bucket makes
  * the chunk filter drop the last-chunk and the connection close (as mod_proxy does).
@@ -27,6 +33,32 @@ static inline void tsgi_abort_response(request_rec *r)
     if (ap_pass_brigade(r->output_filters, bb) != APR_SUCCESS)
         c->aborted = 1;
     c->keepalive = AP_CONN_CLOSE;
+}
+
+/*
+ * Whether the client has gone while the app runs with nothing to write: the connection
+ * was aborted, or the socket reports end-of-stream or an error. Like nginx's check of a
+ * broken connection, it peeks without consuming; unread request bytes mean "still
+ * there". HTTP/2 streams (c->master) share their socket and are not checked here.
+ */
+static inline int tsgi_client_gone(conn_rec *c)
+{
+    apr_socket_t *sock;
+    apr_os_sock_t fd;
+    char byte;
+    ssize_t n;
+
+    if (c->aborted)
+        return 1;
+    if (c->master)
+        return 0;
+    sock = ap_get_conn_socket(c);
+    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS)
+        return 0;
+    n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0)
+        return 1;
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
 #endif

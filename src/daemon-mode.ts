@@ -738,6 +738,22 @@ export function parseListen(spec: string): ListenAddress {
 }
 
 /**
+ * Starts the pool. Null once it is running; otherwise, after it has stopped, the exit code:
+ * 0 when a stop was asked for during the start, 1 (logged) when the start failed.
+ */
+async function startOrExplain(pool: DaemonPool, log: ErrorLog): Promise<number | null> {
+  try {
+    await pool.start();
+    return null;
+  } catch (err) {
+    await pool.stopped;
+    if (err instanceof DaemonStartError && err.stopped) return 0;
+    log.log('error', `cannot start: ${(err as Error).message}`);
+    return 1;
+  }
+}
+
+/**
  * Runs a pool in the foreground until SIGTERM/SIGINT (graceful stop; a second one stops
  * at once); SIGHUP reloads gracefully. Returns the exit code.
  */
@@ -753,14 +769,8 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   process.on('SIGTERM', onTerm);
   process.on('SIGINT', onInt);
   try {
-    try {
-      await pool.start();
-    } catch (err) {
-      await pool.stopped;
-      if (err instanceof DaemonStartError && err.stopped) return 0;
-      log.log('error', `cannot start: ${(err as Error).message}`);
-      return 1;
-    }
+    const started = await startOrExplain(pool, log);
+    if (started !== null) return started;
     const o = pool.options;
     log.log('info', `ready: ${o.processes} worker(s) x ${o.threads} thread(s) serving ${o.protocol} on ${pool.address} for ${o.script}`);
     await pool.stopped;
@@ -998,14 +1008,8 @@ export async function runApacheDaemon(): Promise<number> {
   }, PARENT_POLL_MS);
   const status = serveStatus(APACHE_STATUS_FD, pool, log);
   try {
-    try {
-      await pool.start();
-    } catch (err) {
-      await pool.stopped;
-      if (err instanceof DaemonStartError && err.stopped) return 0;
-      log.log('error', `cannot start: ${(err as Error).message}`);
-      return 1;
-    }
+    const started = await startOrExplain(pool, log);
+    if (started !== null) return started;
     log.log('info', `ready: ${config.processes} process(es) x ${config.threads} thread(s) on fd ${APACHE_LISTEN_FD}`);
     retirePrevious(config.replaces, log);
     await pool.stopped;

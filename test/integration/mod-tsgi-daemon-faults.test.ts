@@ -220,6 +220,8 @@ describe('daemon faults (one Apache, a group per concern)', () => {
           `<VirtualHost 127.0.0.1:${port}>`,
           `  ServerName ${vhost}`,
           `  ErrorLog ${root}/vhost-error.log`,
+          // The daemon logs at the defining server's level: info lines are dropped here.
+          '  LogLevel warn',
           '  TSGIDaemonProcess vh processes=1',
           `  TSGIScriptAlias /ok ${FAULTS} process-group=vh`,
           `  TSGIScriptAlias /broken ${BROKEN} process-group=vh`,
@@ -542,6 +544,12 @@ describe('daemon faults (one Apache, a group per concern)', () => {
     expect(pid).toBeGreaterThan(0);
     await waitForFile(vhostLog, new RegExp(`\\b${pid}\\b[^\\n]*exit-mid-stream|exit-mid-stream[^\\n]*\\b${pid}\\b`), m);
     await waitForFile(vhostLog, new RegExp(`\\b${pid}\\b[^\\n]*exit code 7`), m);
+    // At the virtual host's LogLevel warn: errors only, none of the daemon's info lines
+    // (which the main server's LogLevel info lets through: 'spawned worker' and the like).
+    const vlog = readFileSync(vhostLog, 'utf8');
+    expect(vlog).toMatch(/\[tsgi:error\]/);
+    expect(vlog).not.toMatch(/\[tsgi:(info|debug)\]/);
+    expect(apache.errorLog()).toMatch(/\[tsgi:info\][^\n]*daemon pool: spawned worker/);
     // The group is back.
     const { value: ok } = await pollFor('vh serves again', async () => {
       const x = await getVhost('/ok/pid');

@@ -345,6 +345,8 @@ export class DaemonPool {
       case 'ready':
         w.state = w.state === 'draining' ? 'draining' : 'ready';
         w.readyAt = Date.now();
+        // Status must show a ready worker's memory at once, not after its first heartbeat.
+        if (m.rssBytes !== undefined) w.rssBytes = m.rssBytes;
         this.log.log('info', `worker pid ${w.pid} ready`);
         if (this.phase === 'starting' && [...this.workers].every((x) => x.state === 'ready') && this.workers.size >= this.options.processes) {
           this.phase = 'running';

@@ -64,7 +64,7 @@ export interface WorkerConfig {
 
 /** Worker → master. */
 export type WorkerMessage =
-  | { t: 'ready' }
+  | { t: 'ready'; rssBytes?: number }
   | { t: 'load-failed'; message: string }
   | { t: 'stats'; requests: number; inflight: InFlight[]; rssBytes?: number }
   | { t: 'retire'; reason: string }
@@ -293,7 +293,7 @@ function main(): void {
       if (!readySent) {
         readySent = true;
         log.log('info', `ready: serving ${config.protocol} for ${loader ? loader.path : 'the scripts its requests name'}`);
-        send({ t: 'ready' });
+        send({ t: 'ready', rssBytes: process.memoryUsage.rss() });
       }
     });
   };

@@ -279,9 +279,9 @@ describe('daemon-mode.js --apache: a pool of 2 behind the inherited socket', () 
 
     // STATUS over the wire: the whole pool, whichever worker answers.
     const c = byPid.get(workers[0]) as WireClient;
-    await waitFor('RSS from both heartbeats', async () => {
+    await waitFor('both workers to report their RSS and the request each served', async () => {
       const s = (await c.status()) as PoolStatusReport;
-      return s.processes.length === 2 && s.processes.every((p) => p.rssBytes > 0) && s;
+      return s.processes.length === 2 && s.processes.every((p) => p.rssBytes > 0 && p.requests >= 1) && s;
     }, d);
     const s = (await c.status()) as PoolStatusReport;
     expect(s).toMatchObject({ group: 'app', pid: d.child.pid, threads: 4 });

@@ -309,7 +309,11 @@ describe('mod_tsgi under ASan + LSan + UBSan', () => {
       'TSGIScriptAlias /rest',
       `TSGIScriptAlias /rest/ ${app}`,
       `TSGIScriptAlias /rest ${app} bogus=1 extra`,
-      `TSGIScriptAlias /rest ${app} process-group=pool`,
+      `TSGIScriptAlias /rest ${app} process-group=%{ENV:X}`,
+      'TSGIDaemonProcess pool threads=abc',
+      'TSGIDaemonProcess pool bogus=1',
+      'TSGIDaemonProcess pool env-file=/nonexistent/env',
+      'TSGIDaemonProcess pool user=root',
       `TSGIScriptAlias /rest ${app} application-group=%{BOGUS}`,
       `TSGIScriptAlias /rest ${app} callable-object=my-app`,
       `TSGIScriptAlias /rest ${app} pass-authorization=maybe`,
@@ -326,6 +330,11 @@ describe('mod_tsgi under ASan + LSan + UBSan', () => {
       expect(r.code, r.output).not.toBe(0);
       expect(r.output).toContain('Syntax error on line');
     }
+    // A reference to an undefined group is found after the whole configuration is read.
+    const undefinedGroup = await configtest({ modules: [MOD_TSGI_ASAN], env, config: `TSGIScriptAlias /rest ${app} process-group=pool` });
+    outputs.push({ name: 'apache2 -t: undefined process group', text: undefinedGroup.output });
+    expect(undefinedGroup.code).not.toBe(0);
+    expect(undefinedGroup.output).toMatch(/TSGI0010: .*httpd\.conf:\d+: TSGIScriptAlias process-group=: no TSGIDaemonProcess named 'pool' is defined/);
     const ok = await configtest({
       modules: [MOD_TSGI_ASAN],
       env,

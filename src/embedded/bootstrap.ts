@@ -22,11 +22,10 @@
  * a body read that fails rejects, and is never an end of body (P17).
  */
 import { constants as osConstants } from 'node:os';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { BodyReadError, RequestAborted } from '../gateway/errors';
 import { redirectStdio } from '../gateway/apache-log';
 import { Providers } from '../gateway/providers';
+import { transferGc } from '../gateway/transfer-gc';
 import { runRequest, type ResponseSink, type ServerContext } from '../gateway/run';
 import type { ErrorLog, LogLevel } from '../gateway/log';
 
@@ -131,39 +130,6 @@ function flatHeaders(headers: readonly (readonly [string, string])[]): string[] 
   const flat: string[] = [];
   for (const [name, value] of headers) flat.push(name, value);
   return flat;
-}
-
-/**
- * Body bytes moving through the hand-off become ArrayBuffers (one per chunk) that die
- * young. V8 10.2 scavenges because of them only after 32 MB of young backing stores
- * (2 × kMaxSemiSpaceSize in Heap::AllocateExternalBackingStore), so a large transfer
- * would hold about that much dead memory per child. A minor GC every 8 MiB moved keeps
- * the child flat; it costs well under a millisecond. The gc function comes from a
- * separate context, so applications never see a global gc().
- */
-type GcFunction = (options?: { type: 'minor' | 'major' }) => void;
-
-function privateGc(): GcFunction | null {
-  try {
-    setFlagsFromString('--expose-gc');
-    const gc: unknown = runInNewContext('gc');
-    return typeof gc === 'function' ? (gc as GcFunction) : null;
-  } catch {
-    return null;
-  } finally {
-    setFlagsFromString('--no-expose-gc');
-  }
-}
-
-export function transferGc(everyBytes = 8 * 1024 * 1024): (bytes: number) => void {
-  const gc = privateGc();
-  let moved = 0;
-  return (bytes) => {
-    moved += bytes;
-    if (moved < everyBytes || !gc) return;
-    moved = 0;
-    gc({ type: 'minor' });
-  };
 }
 
 /**

@@ -38,6 +38,7 @@ import * as net from 'node:net';
 import { timingSafeEqual } from 'node:crypto';
 import { BodyReadError, RequestAborted } from '../gateway/errors';
 import type { ErrorLog, LogLevel } from '../gateway/log';
+import { transferGc } from '../gateway/transfer-gc';
 import { runRequest, type AppProvider, type RequestOutcome, type ResponseHead, type ResponseSink, type ServerContext } from '../gateway/run';
 import { RequestExpired, type RequestMonitor } from './monitor';
 import { normalizeCgiEnviron } from './protocols/cgi-vars';
@@ -130,6 +131,7 @@ export function createWireServer(options: WireServerOptions): WireServer {
     draining: false,
     nextId: 1,
     context: { log: options.log, multithread: options.context.multithread, multiprocess: options.context.multiprocess, runOnce: false },
+    moved: transferGc(),
   };
   const server = net.createServer({ allowHalfOpen: false }, (socket) => {
     const c = new Connection(socket, shared);
@@ -157,6 +159,8 @@ interface Shared {
   draining: boolean;
   nextId: number;
   context: ServerContext;
+  /** Counts body bytes moved both ways; a minor GC per 8 MiB keeps a worker's RSS flat (gateway/transfer-gc.ts). */
+  moved: (bytes: number) => void;
 }
 
 // ---------------------------------------------------------------------------
@@ -529,6 +533,7 @@ class Connection {
     // A view of a socket chunk would pin the whole chunk; BODY frames are mostly whole chunks anyway.
     ex.chunks.push(data);
     ex.queuedBytes += data.length;
+    this.shared.moved(data.length);
     ex.wake();
     if (ex.queuedBytes >= BODY_HIGH_WATER && !this.pausedForBody) {
       this.pausedForBody = true;
@@ -592,6 +597,7 @@ class Connection {
       },
       body: (chunk: Uint8Array) => {
         if (ex.trailerSent || this.closed) return;
+        this.shared.moved(chunk.byteLength);
         if (chunk.byteLength >= COALESCE_BYTES) {
           // Big chunks go out as they are: a header per MAX_BODY_FRAME bytes, no copy.
           for (let off = 0; off < chunk.byteLength; off += MAX_BODY_FRAME) {

@@ -32,6 +32,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"
@@ -55,8 +57,6 @@ RUNAS=www-data
 STARTED_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 SECONDS=0
 
-log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (apt-get installs, Apache drops to $RUNAS)"
 for c in "${CONFIGS[@]}"; do
@@ -67,7 +67,6 @@ done
 has_cfg() { local c; for c in "${CONFIGS[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
 
 # ---- prerequisites (idempotent) --------------------------------------------------------------
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=()
 for p in wrk libapache2-mod-wsgi-py3 libapache2-mod-passenger; do installed "$p" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -116,7 +115,6 @@ CUR_ROOT=""
 BACK_PID=""      # the node:cluster primary of proxy-node
 TRACKED=""       # "pid:starttime" of every daemon process seen in the current instance
 
-pids_under_tmp() { pgrep -f -- "$TMP/" 2>/dev/null || true; }
 
 descendants() { # $1 = pid: all its descendants (not itself)
   local c
@@ -229,25 +227,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Exact body (command substitution would strip the trailing newline).
-fetch_body() { local b; b="$(curl -s --max-time 5 "$1"; echo x)" || true; printf '%s' "${b%x}"; }
 
-free_port() {
-  node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
-}
 # Machine CPU busy (% of all vCPUs) over 1 s.
 cpu_snap() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
 busy_between() { # $1, $2 = cpu_snap outputs: % of all vCPUs busy in between
   awk -v a="$1" -v b="$2" 'BEGIN{split(a,x," "); split(b,y," "); bu=y[1]-x[1]; id=y[2]-x[2]; printf "%.0f", (bu+id>0 ? 100*bu/(bu+id) : 0)}'
 }
-cpu_busy_pct() {
-  local a b
-  a="$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"; sleep 1
-  b="$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"
-  awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); bu=y[1]-x[1]; id=y[2]-x[2]; printf "%.0f", (bu+id>0 ? 100*bu/(bu+id) : 0)}'
-}
 # Latency value from wrk ("677.00us", "1.07ms", "1.20s") in ms.
-to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) { sub(/us$/,"",v); printf "%.3f", v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); printf "%.3f", v } else if (v ~ /s$/) { sub(/s$/,"",v); printf "%.3f", v*1000 } else print "nan" }'; }
 
 # ---- fixtures ----------------------------------------------------------------------------------
 mkdir -p "$TMP/htdocs" "$TMP/app" "$TMP/papp/public"
@@ -288,19 +274,9 @@ DocumentRoot "$TMP/htdocs"
 <Directory />
     AllowOverride None
 </Directory>
-# Debian's mpm_event.conf defaults, keep-alive unlimited (as bench/run.sh); no access log.
-StartServers 2
-ServerLimit 16
-ThreadLimit 64
-ThreadsPerChild 25
-MinSpareThreads 25
-MaxSpareThreads 75
-MaxRequestWorkers 150
-MaxConnectionsPerChild 0
-KeepAlive On
-MaxKeepAliveRequests 0
-KeepAliveTimeout 5
+# No access log; the event MPM lines are bench/lib.sh's event_mpm_conf.
 EOF
+    event_mpm_conf
     case "$cfg" in
       static) ;;
       tsgi-daemon)

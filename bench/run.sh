@@ -21,6 +21,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"
@@ -35,13 +37,10 @@ MODDIR=/usr/lib/apache2/modules
 STARTED_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 SECONDS=0
 
-log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (apt-get installs, Apache drops to www-data)"
 
 # ---- prerequisites (idempotent) --------------------------------------------------------------
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=()
 for p in wrk libapache2-mod-wsgi-py3; do installed "$p" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -65,7 +64,6 @@ chmod 755 "$TMP"
 NODE_PID=""
 CUR_ROOT=""
 
-pids_under_tmp() { pgrep -f -- "$TMP/" 2>/dev/null || true; }
 
 stop_apache() { # $1 = root
   local root="$1" ppid="" i
@@ -97,12 +95,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Exact body (command substitution would strip the trailing newline).
-fetch_body() { local b; b="$(curl -s --max-time 5 "$1"; echo x)" || true; printf '%s' "${b%x}"; }
 
-free_port() {
-  node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
-}
 
 # ---- fixtures ----------------------------------------------------------------------------------
 mkdir -p "$TMP/htdocs" "$TMP/app"
@@ -158,19 +151,9 @@ DocumentRoot "$TMP/htdocs"
 <Directory />
     AllowOverride None
 </Directory>
-# Debian's mpm_event.conf defaults, keep-alive unlimited (as in anchors-measured.md); no access log.
-StartServers 2
-ServerLimit 16
-ThreadLimit 64
-ThreadsPerChild 25
-MinSpareThreads 25
-MaxSpareThreads 75
-MaxRequestWorkers 150
-MaxConnectionsPerChild 0
-KeepAlive On
-MaxKeepAliveRequests 0
-KeepAliveTimeout 5
+# No access log; the event MPM lines are bench/lib.sh's event_mpm_conf.
 EOF
+    event_mpm_conf
     case "$cfg" in
       static) ;;
       tsgi)
@@ -221,16 +204,9 @@ children_rss() { # $1 = parent pid
   echo "$n $sum"
 }
 # Machine CPU busy (% of all vCPUs) over 1 s, read while no instance of ours runs: other load.
-cpu_busy_pct() {
-  local a b
-  a="$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"; sleep 1
-  b="$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"
-  awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); bu=y[1]-x[1]; id=y[2]-x[2]; printf "%.0f", (bu+id>0 ? 100*bu/(bu+id) : 0)}'
-}
 parent_rss() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # Latency value from wrk ("677.00us", "1.07ms", "1.20s") in ms.
-to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) { sub(/us$/,"",v); printf "%.3f", v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); printf "%.3f", v } else if (v ~ /s$/) { sub(/s$/,"",v); printf "%.3f", v*1000 } else print "nan" }'; }
 
 RESULTS="$TMP/runs.tsv"
 printf 'round\tconfig\treqs\tp50_ms\tp99_ms\terrors\tidle_n\tidle_sum_kb\tafter_n\tafter_sum_kb\tparent_kb\tbusy_before_pct\n' >"$RESULTS"

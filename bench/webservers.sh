@@ -24,6 +24,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"
@@ -44,13 +46,10 @@ RUNAS=www-data
 STARTED_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 SECONDS=0
 
-log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (apt-get installs, servers and backends drop to $RUNAS)"
 
 # ---- prerequisites (idempotent) --------------------------------------------------------------
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=()
 for p in wrk uwsgi uwsgi-plugin-python3 lighttpd nginx-light; do installed "$p" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -90,7 +89,6 @@ chmod 755 "$TMP"
 BACK_PID=""   # current backend (tsgi daemon master or uWSGI master)
 FRONT_PID=""  # current web server (lighttpd, nginx master), run in the foreground
 
-pids_under_tmp() { pgrep -f -- "$TMP/" 2>/dev/null || true; }
 
 descendants() { # $1 = pid: itself and all descendants
   local p c
@@ -129,12 +127,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Exact body (command substitution would strip the trailing newline).
-fetch_body() { local b; b="$(curl -s --max-time 5 "$1"; echo x)" || true; printf '%s' "${b%x}"; }
 
-free_port() {
-  node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
-}
 
 # Prints "count sum_kB" of VmRSS over the backend's process tree (master + workers).
 tree_rss() { # $1 = pid
@@ -147,14 +140,7 @@ tree_rss() { # $1 = pid
   echo "$n $sum"
 }
 # Machine CPU busy (% of all vCPUs) over 1 s, read while no instance of ours runs: other load.
-cpu_busy_pct() {
-  local a b
-  a="$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"; sleep 1
-  b="$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"
-  awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); bu=y[1]-x[1]; id=y[2]-x[2]; printf "%.0f", (bu+id>0 ? 100*bu/(bu+id) : 0)}'
-}
 # Latency value from wrk ("677.00us", "1.07ms", "1.20s") in ms.
-to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) { sub(/us$/,"",v); printf "%.3f", v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); printf "%.3f", v } else if (v ~ /s$/) { sub(/s$/,"",v); printf "%.3f", v*1000 } else print "nan" }'; }
 
 # ---- fixtures ----------------------------------------------------------------------------------
 mkdir -p "$TMP/app" "$TMP/htdocs"

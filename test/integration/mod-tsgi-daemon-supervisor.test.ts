@@ -279,6 +279,58 @@ Alias /ht ${root}/ht
     });
   }
 
+  it('the process options reach the daemons: env=, env-file=, lang=, home=, node-options=; SetEnv stays per request; inactivity-timeout recycles an idle worker', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tsgi-daemon-options-'));
+    chmodSync(dir, 0o755);
+    try {
+      const home = join(dir, 'home');
+      execFileSync('mkdir', ['-p', home]);
+      chmodSync(home, 0o755);
+      const envFile = join(dir, 'daemon.env');
+      writeFileSync(envFile, '# a comment\nFROM_FILE=file value\n\nOVERRIDDEN=from the file\n');
+      const app = join(dir, 'env.tsgi');
+      writeFileSync(
+        app,
+        `export function application(environ: any, startResponse: any) {
+  startResponse('200 OK', [['Content-Type', 'application/json']]);
+  return [JSON.stringify({ pid: process.pid, cwd: process.cwd(), execArgv: process.execArgv, env: {
+    FROM_ENV: process.env.FROM_ENV, FROM_FILE: process.env.FROM_FILE, OVERRIDDEN: process.env.OVERRIDDEN,
+    LANG: process.env.LANG, LC_ALL: process.env.LC_ALL, PER_REQUEST: process.env.PER_REQUEST },
+    perRequest: environ.PER_REQUEST })];
+}
+`,
+      );
+      chmodSync(app, 0o644);
+      const config = [
+        `TSGIDaemonProcess opts processes=1 graceful-timeout=3 inactivity-timeout=2 env=FROM_ENV=hello env-file=${envFile} env=OVERRIDDEN=from-env lang=C.UTF-8 home=${home} "node-options=--max-old-space-size=123 --no-warnings"`,
+        `TSGIScriptAlias /env ${app} process-group=opts`,
+        `<Directory ${dir}>\n  Require all granted\n</Directory>`,
+        'SetEnv PER_REQUEST per-request-value',
+      ].join('\n');
+      await withApache(config, async (apache) => {
+        const first = await tree(apache, 1);
+        const r = await request(apache.url('/env'));
+        expect(r.status, r.text).toBe(200);
+        const seen = JSON.parse(r.text) as { pid: number; cwd: string; execArgv: string[]; env: Record<string, string | undefined>; perRequest: string };
+        expect(first.workers).toContain(seen.pid);
+        expect(seen.env).toEqual({ FROM_ENV: 'hello', FROM_FILE: 'file value', OVERRIDDEN: 'from-env', LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8', PER_REQUEST: undefined });
+        expect(seen.perRequest).toBe('per-request-value');
+        expect(seen.cwd).toBe(home);
+        expect(seen.execArgv).toEqual(expect.arrayContaining(['--max-old-space-size=123', '--no-warnings']));
+        // Idle past inactivity-timeout: the worker is replaced (a new one ready first).
+        const later = await pollFor('the idle worker to be replaced', async () => {
+          const t = daemonTrees(apache.pid);
+          return t.length === 1 && t[0]!.workers.length === 1 && !t[0]!.workers.includes(seen.pid) ? t[0] : undefined;
+        }).then((x) => x.value);
+        expect(later.supervisor).toBe(first.supervisor);
+        const again = JSON.parse((await request(apache.url('/env'))).text) as { pid: number };
+        expect(again.pid).not.toBe(seen.pid);
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('the sockets are removed at stop', async () => {
     const apache = await startApache({ modules: [MOD_TSGI], config: 'TSGIDaemonProcess gone processes=1 graceful-timeout=2\n', keepRoot: true });
     let sockets: string[] = [];

@@ -302,14 +302,34 @@ static const char *tsgi_resolve_target(cmd_parms *cmd, const char *target, const
     return NULL;
 }
 
+/* Appends one TSGIScriptAlias / TSGIScriptAliasMatch (a URL prefix or a regex) with its
+ * option=value arguments. */
+static const char *tsgi_add_alias(cmd_parms *cmd, const char *location, ap_regex_t *regexp, const char *target,
+                                  int nopts, char *const opts[])
+{
+    tsgi_server_conf_t *sconf = ap_get_module_config(cmd->server->module_config, &tsgi_module);
+    tsgi_alias_t *alias = apr_array_push(sconf->aliases);
+    const char *err;
+    int i;
+
+    memset(alias, 0, sizeof(*alias));
+    alias->location = location;
+    alias->regexp = regexp;
+    alias->target = target;
+    alias->pass_authorization = TSGI_UNSET;
+    alias->defined_at = tsgi_config_location(cmd);
+    for (i = 0; i < nopts; i++) {
+        if ((err = tsgi_parse_alias_option(cmd, alias, opts[i])) != NULL)
+            return err;
+    }
+    return NULL;
+}
+
 /* TSGIScriptAlias URL-path file|directory [option=value ...] */
 static const char *tsgi_cmd_script_alias(cmd_parms *cmd, void *mconfig, int argc, char *const argv[])
 {
-    tsgi_server_conf_t *sconf = ap_get_module_config(cmd->server->module_config, &tsgi_module);
-    tsgi_alias_t *alias;
     const char *err, *url, *target;
     size_t ulen, tlen;
-    int i;
     (void)mconfig;
 
     if ((err = ap_check_cmd_context(cmd, NOT_IN_DIR_LOC_FILE)) != NULL)
@@ -342,17 +362,7 @@ static const char *tsgi_cmd_script_alias(cmd_parms *cmd, void *mconfig, int argc
                      tsgi_config_location(cmd), url, argv[1]);
     }
 
-    alias = apr_array_push(sconf->aliases);
-    memset(alias, 0, sizeof(*alias));
-    alias->location = url;
-    alias->target = target;
-    alias->pass_authorization = TSGI_UNSET;
-    alias->defined_at = tsgi_config_location(cmd);
-    for (i = 2; i < argc; i++) {
-        if ((err = tsgi_parse_alias_option(cmd, alias, argv[i])) != NULL)
-            return err;
-    }
-    return NULL;
+    return tsgi_add_alias(cmd, url, NULL, target, argc - 2, argv + 2);
 }
 
 static apr_status_t tsgi_regfree(void *preg)
@@ -364,11 +374,9 @@ static apr_status_t tsgi_regfree(void *preg)
 /* TSGIScriptAliasMatch regex file|directory [option=value ...] */
 static const char *tsgi_cmd_script_alias_match(cmd_parms *cmd, void *mconfig, int argc, char *const argv[])
 {
-    tsgi_server_conf_t *sconf = ap_get_module_config(cmd->server->module_config, &tsgi_module);
-    tsgi_alias_t *alias;
     ap_regex_t *re;
     const char *err, *target, *s;
-    int rc, i;
+    int rc;
     (void)mconfig;
 
     if ((err = ap_check_cmd_context(cmd, NOT_IN_DIR_LOC_FILE)) != NULL)
@@ -403,17 +411,7 @@ static const char *tsgi_cmd_script_alias_match(cmd_parms *cmd, void *mconfig, in
         }
     }
 
-    alias = apr_array_push(sconf->aliases);
-    memset(alias, 0, sizeof(*alias));
-    alias->regexp = re;
-    alias->target = target;
-    alias->pass_authorization = TSGI_UNSET;
-    alias->defined_at = tsgi_config_location(cmd);
-    for (i = 2; i < argc; i++) {
-        if ((err = tsgi_parse_alias_option(cmd, alias, argv[i])) != NULL)
-            return err;
-    }
-    return NULL;
+    return tsgi_add_alias(cmd, NULL, re, target, argc - 2, argv + 2);
 }
 
 static const char *tsgi_cmd_callable_object(cmd_parms *cmd, void *mconfig, const char *value)

@@ -27,10 +27,34 @@ cpu_busy_pct() {
 # A wrk latency ("850.00us", "1.20ms", "2.00s") in ms.
 to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) { sub(/us$/,"",v); printf "%.3f", v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); printf "%.3f", v } else if (v ~ /s$/) { sub(/s$/,"",v); printf "%.3f", v*1000 } else print "nan" }'; }
 
-# The event MPM lines of every private Apache the benchmarks start: Debian's mpm_event.conf
-# defaults, keep-alive unlimited (as in shared/reference/anchors-measured.md).
-event_mpm_conf() {
-  cat <<'CONF'
+# The base of every private Apache the benchmarks start, up to where each adds its own
+# lines: $1 = ServerRoot, $2 = port, $3 = DocumentRoot, $4 = User/Group (default www-data);
+# modules from $MODDIR. Nothing from /etc/apache2, no access log, and the event MPM with
+# Debian's mpm_event.conf defaults and keep-alive unlimited (as in
+# shared/reference/anchors-measured.md).
+apache_base_conf() {
+  local root="$1" port="$2" docroot="$3" user="${4:-www-data}"
+  cat <<CONF
+ServerRoot "$root"
+DefaultRuntimeDir "$root"
+PidFile "$root/httpd.pid"
+Listen 127.0.0.1:$port
+ServerName 127.0.0.1
+LoadModule mpm_event_module $MODDIR/mod_mpm_event.so
+LoadModule authz_core_module $MODDIR/mod_authz_core.so
+LoadModule mime_module $MODDIR/mod_mime.so
+LoadModule dir_module $MODDIR/mod_dir.so
+LoadModule alias_module $MODDIR/mod_alias.so
+User $user
+Group $user
+Mutex file:$root default
+ErrorLog "$root/error.log"
+LogLevel warn
+TypesConfig /etc/mime.types
+DocumentRoot "$docroot"
+<Directory />
+    AllowOverride None
+</Directory>
 StartServers 2
 ServerLimit 16
 ThreadLimit 64

@@ -11,48 +11,22 @@
 #        MODULE=/path/to/mod_tsgi.so (default: the LoadModule line of `tsgi module-config`)
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 ROUNDS="${ROUNDS:-3}" DURATION="${DURATION:-5s}" CONNS="${CONNS:-32}" THREADS="${THREADS:-1}"
 APACHE=/usr/sbin/apache2 MODDIR=/usr/lib/apache2/modules
 LOADMODULE="${MODULE:+LoadModule tsgi_module $MODULE}"; [ -n "$LOADMODULE" ] || LOADMODULE="$(cd "$REPO" && node bin/tsgi.js module-config | grep -m1 "^LoadModule")"
 ROOT="$(mktemp -d /tmp/tsgi-quick.XXXXXX)"; chmod 755 "$ROOT"; mkdir -p "$ROOT/htdocs"
 printf 'Hello World!\n' >"$ROOT/htdocs/hello.txt"; chmod -R a+rX "$ROOT"
-PORT="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
-cat >"$ROOT/httpd.conf" <<CONF
-ServerRoot "$ROOT"
-DefaultRuntimeDir "$ROOT"
-PidFile "$ROOT/httpd.pid"
-Listen 127.0.0.1:$PORT
-ServerName 127.0.0.1
-LoadModule mpm_event_module $MODDIR/mod_mpm_event.so
-LoadModule authz_core_module $MODDIR/mod_authz_core.so
-LoadModule mime_module $MODDIR/mod_mime.so
-LoadModule dir_module $MODDIR/mod_dir.so
-LoadModule alias_module $MODDIR/mod_alias.so
-User www-data
-Group www-data
-Mutex file:$ROOT default
-ErrorLog "$ROOT/error.log"
-LogLevel warn
-TypesConfig /etc/mime.types
-DocumentRoot "$ROOT/htdocs"
-<Directory />
-    AllowOverride None
-</Directory>
-StartServers 2
-ServerLimit 16
-ThreadLimit 64
-ThreadsPerChild 25
-MinSpareThreads 25
-MaxSpareThreads 75
-MaxRequestWorkers 150
-MaxConnectionsPerChild 0
-KeepAlive On
-MaxKeepAliveRequests 0
-KeepAliveTimeout 5
+PORT="$(free_port)"
+{
+  apache_base_conf "$ROOT" "$PORT" "$ROOT/htdocs"
+  cat <<CONF
 $LOADMODULE
 TSGIScriptAlias /tsgi $REPO/examples/hello.tsgi
 ${EXTRA_CONF:-}
 CONF
+} >"$ROOT/httpd.conf"
 stop() {
   local p=""; [ -f "$ROOT/httpd.pid" ] && p="$(cat "$ROOT/httpd.pid")"
   "$APACHE" -d "$ROOT" -f "$ROOT/httpd.conf" -k stop >/dev/null 2>&1 || true

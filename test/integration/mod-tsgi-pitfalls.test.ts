@@ -236,48 +236,9 @@ beforeAll(async () => {
   ], { stdio: 'ignore' });
   tlsPort = await freePort();
   [apache, reference, piped] = await Promise.all([
-    startApache({
-      baseModules: [...BASE_MODULES, 'ssl'],
-      modules: [MOD_TSGI],
-      files: {
-        ...APPS,
-        'tls/cert.pem': readFileSync(join(tlsDir, 'cert.pem')),
-        'tls/key.pem': readFileSync(join(tlsDir, 'key.pem')),
-      },
-      // P13: NODE_OPTIONS in Apache's environment must not reach Node; the rest of the
-      // environment does (process.env is the parent's).
-      env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=20', P13_MARKER: 'from the Apache environment' },
-      config: ({ root }) =>
-        [
-          `TSGIScriptAlias /apps/ ${root}/apps/`,
-          `TSGIScriptAlias /p12 ${root}/p12/app.tsgi`,
-          `TSGIScriptAlias /hello ${join(ROOT, 'examples', 'hello.tsgi')}`,
-          'SetEnv P13_PER_REQUEST "from SetEnv"',
-          // One Node environment for all of these apps (what embedding.md measured).
-          'TSGIApplicationGroup %{GLOBAL}',
-          `Listen 127.0.0.1:${tlsPort}`,
-          `<VirtualHost 127.0.0.1:${tlsPort}>`,
-          '  SSLEngine on',
-          `  SSLCertificateFile ${root}/tls/cert.pem`,
-          `  SSLCertificateKeyFile ${root}/tls/key.pem`,
-          `  TSGIScriptAlias /crypto ${root}/apps/crypto.tsgi`,
-          '</VirtualHost>',
-          ...MPM_LINES,
-        ].join('\n'),
-    }),
+    startPitfallsApache(tlsPort),
     startApache({ baseModules: BASE_MODULES, config: MPM_LINES.join('\n') }),
-    startApache({
-      baseModules: BASE_MODULES,
-      modules: [MOD_TSGI],
-      files: { 'apps/stderr.tsgi': APPS['apps/stderr.tsgi']! },
-      config: ({ root }) =>
-        [
-          // Replaces the harness's file ErrorLog: the same file, through a pipe.
-          `ErrorLog "|$exec /bin/cat >> ${root}/error.log"`,
-          `TSGIScriptAlias /stderr ${root}/apps/stderr.tsgi`,
-          ...MPM_LINES,
-        ].join('\n'),
-    }),
+    startPipedLogApache(),
   ]);
   // Each has a child; mod_tsgi's has its runtime started (the first request waits for it).
   await getJson('/apps/info.tsgi');
@@ -379,6 +340,61 @@ function listeningPorts(pid: number): number[] {
     if (port !== undefined) ports.add(port);
   }
   return [...ports].sort((a, b) => a - b);
+}
+
+/**
+ * The Apache most pitfalls run against (its apps, a TLS virtual host, SetEnv, NODE_OPTIONS
+ * and a marker in Apache's environment, P13); `extra` is what daemon mode adds.
+ */
+function startPitfallsApache(port: number, extra: string[] = []): Promise<ApacheInstance> {
+  return startApache({
+    baseModules: [...BASE_MODULES, 'ssl'],
+    modules: [MOD_TSGI],
+    files: {
+      ...APPS,
+      'tls/cert.pem': readFileSync(join(tlsDir, 'cert.pem')),
+      'tls/key.pem': readFileSync(join(tlsDir, 'key.pem')),
+    },
+    // P13: NODE_OPTIONS in Apache's environment must not reach Node. Embedded, the rest of
+    // the environment does (process.env is the parent's); the daemons get PATH, HOME and
+    // their group's env= entries only.
+    env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=20', P13_MARKER: 'from the Apache environment' },
+    config: ({ root }) =>
+      [
+        `TSGIScriptAlias /apps/ ${root}/apps/`,
+        `TSGIScriptAlias /p12 ${root}/p12/app.tsgi`,
+        `TSGIScriptAlias /hello ${join(ROOT, 'examples', 'hello.tsgi')}`,
+        'SetEnv P13_PER_REQUEST "from SetEnv"',
+        // One Node environment for all of these apps (what embedding.md measured).
+        'TSGIApplicationGroup %{GLOBAL}',
+        `Listen 127.0.0.1:${port}`,
+        `<VirtualHost 127.0.0.1:${port}>`,
+        '  SSLEngine on',
+        `  SSLCertificateFile ${root}/tls/cert.pem`,
+        `  SSLCertificateKeyFile ${root}/tls/key.pem`,
+        `  TSGIScriptAlias /crypto ${root}/apps/crypto.tsgi`,
+        '</VirtualHost>',
+        ...MPM_LINES,
+        ...extra,
+      ].join('\n'),
+  });
+}
+
+/** An Apache whose ErrorLog is a pipe, with the app that writes to stderr (P11). */
+function startPipedLogApache(extra: string[] = []): Promise<ApacheInstance> {
+  return startApache({
+    baseModules: BASE_MODULES,
+    modules: [MOD_TSGI],
+    files: { 'apps/stderr.tsgi': APPS['apps/stderr.tsgi']! },
+    config: ({ root }) =>
+      [
+        // Replaces the harness's file ErrorLog: the same file, through a pipe.
+        `ErrorLog "|$exec /bin/cat >> ${root}/error.log"`,
+        `TSGIScriptAlias /stderr ${root}/apps/stderr.tsgi`,
+        ...MPM_LINES,
+        ...extra,
+      ].join('\n'),
+  });
 }
 
 async function getJson<T = Record<string, any>>(p: string): Promise<T> {
@@ -635,47 +651,8 @@ describe('daemon mode: the pitfalls that have a daemon-mode meaning', () => {
     ensureMode('daemon');
     daemonTlsPort = await freePort();
     [daemon, pipedDaemon] = await Promise.all([
-      startApache({
-        baseModules: [...BASE_MODULES, 'ssl'],
-        modules: [MOD_TSGI],
-        files: {
-          ...APPS,
-          'tls/cert.pem': readFileSync(join(tlsDir, 'cert.pem')),
-          'tls/key.pem': readFileSync(join(tlsDir, 'key.pem')),
-        },
-        // P13: Apache's environment (NODE_OPTIONS included) never reaches the daemons;
-        // their environment is PATH, HOME and the group's env= entries.
-        env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=20', P13_MARKER: 'from the Apache environment' },
-        config: ({ root }) =>
-          [
-            `TSGIScriptAlias /apps/ ${root}/apps/`,
-            `TSGIScriptAlias /p12 ${root}/p12/app.tsgi`,
-            `TSGIScriptAlias /hello ${join(ROOT, 'examples', 'hello.tsgi')}`,
-            'SetEnv P13_PER_REQUEST "from SetEnv"',
-            'TSGIApplicationGroup %{GLOBAL}',
-            `Listen 127.0.0.1:${daemonTlsPort}`,
-            `<VirtualHost 127.0.0.1:${daemonTlsPort}>`,
-            '  SSLEngine on',
-            `  SSLCertificateFile ${root}/tls/cert.pem`,
-            `  SSLCertificateKeyFile ${root}/tls/key.pem`,
-            `  TSGIScriptAlias /crypto ${root}/apps/crypto.tsgi`,
-            '</VirtualHost>',
-            ...MPM_LINES,
-            modeConfig('daemon', { options: 'env=P13_MARKER=from-the-env-option' }),
-          ].join('\n'),
-      }),
-      startApache({
-        baseModules: BASE_MODULES,
-        modules: [MOD_TSGI],
-        files: { 'apps/stderr.tsgi': APPS['apps/stderr.tsgi']! },
-        config: ({ root }) =>
-          [
-            `ErrorLog "|$exec /bin/cat >> ${root}/error.log"`,
-            `TSGIScriptAlias /stderr ${root}/apps/stderr.tsgi`,
-            ...MPM_LINES,
-            modeConfig('daemon'),
-          ].join('\n'),
-      }),
+      startPitfallsApache(daemonTlsPort, [modeConfig('daemon', { options: 'env=P13_MARKER=from-the-env-option' })]),
+      startPipedLogApache([modeConfig('daemon')]),
     ]);
   }, 600_000);
 

@@ -79,6 +79,9 @@ const char *tsgi_daemon_cmd(cmd_parms *cmd, int argc, char *const argv[]);
 /* TSGISocketPrefix: main server only. */
 const char *tsgi_daemon_cmd_socket_prefix(cmd_parms *cmd, const char *prefix);
 
+/* Whether `s` can name a group: letters, digits, '_', '-' and '.'. */
+int tsgi_daemon_is_group_name(const char *s);
+
 /* The group of that name in the configuration being read or in force; NULL if none. */
 tsgi_daemon_group_t *tsgi_daemon_find(const char *name);
 

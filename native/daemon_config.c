@@ -197,15 +197,21 @@ static const char *tsgi_read_env_file(cmd_parms *cmd, tsgi_daemon_group_t *g, co
     return NULL;
 }
 
+/* "#1234" (Apache's spelling of a numeric uid or gid): 1 and the number, or 0. */
+static int tsgi_parse_numeric_id(const char *value, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    *out = strtol(value + 1, &end, 10);
+    return errno == 0 && end != value + 1 && *end == '\0' && *out >= 0;
+}
+
 static const char *tsgi_opt_user(cmd_parms *cmd, tsgi_daemon_group_t *g, const char *value)
 {
     struct passwd *pw;
     if (value[0] == '#') {
-        char *end = NULL;
         long n;
-        errno = 0;
-        n = strtol(value + 1, &end, 10);
-        if (errno != 0 || end == value + 1 || *end != '\0' || n < 0)
+        if (!tsgi_parse_numeric_id(value, &n))
             return apr_psprintf(cmd->pool, "TSGIDaemonProcess %s: user=%s: expected a user name or #uid", g->name, value);
         g->uid = (uid_t)n;
         pw = getpwuid(g->uid);
@@ -233,11 +239,8 @@ static const char *tsgi_opt_user(cmd_parms *cmd, tsgi_daemon_group_t *g, const c
 static const char *tsgi_opt_group(cmd_parms *cmd, tsgi_daemon_group_t *g, const char *value, gid_t *out)
 {
     if (value[0] == '#') {
-        char *end = NULL;
         long n;
-        errno = 0;
-        n = strtol(value + 1, &end, 10);
-        if (errno != 0 || end == value + 1 || *end != '\0' || n < 0)
+        if (!tsgi_parse_numeric_id(value, &n))
             return apr_psprintf(cmd->pool, "TSGIDaemonProcess %s: group=%s: expected a group name or #gid", g->name, value);
         *out = (gid_t)n;
     }
@@ -250,7 +253,8 @@ static const char *tsgi_opt_group(cmd_parms *cmd, tsgi_daemon_group_t *g, const 
     return NULL;
 }
 
-static int tsgi_is_group_name(const char *s)
+/* Letters, digits, '_', '-' and '.': a name that is safe in messages and process titles. */
+int tsgi_daemon_is_group_name(const char *s)
 {
     if (!*s)
         return 0;
@@ -380,7 +384,7 @@ const char *tsgi_daemon_cmd(cmd_parms *cmd, int argc, char *const argv[])
         return err;
     if (argc < 1)
         return "TSGIDaemonProcess: expected a group name (TSGIDaemonProcess name [option=value ...])";
-    if (!tsgi_is_group_name(argv[0])) {
+    if (!tsgi_daemon_is_group_name(argv[0])) {
         return apr_psprintf(cmd->pool,
                             "TSGIDaemonProcess: invalid group name '%s' (letters, digits, '_', '-' and "
                             "'.' only)",

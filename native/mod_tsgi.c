@@ -200,23 +200,12 @@ typedef struct {
 
 static apr_array_header_t *tsgi_group_refs; /* of tsgi_group_ref_t, in pconf */
 
-static int tsgi_is_group_name(const char *s)
-{
-    if (!*s)
-        return 0;
-    for (; *s; s++) {
-        if (!(apr_isalnum(*s) || *s == '_' || *s == '-' || *s == '.'))
-            return 0;
-    }
-    return 1;
-}
-
 static const char *tsgi_check_process_group(cmd_parms *cmd, const char *what, const char *value)
 {
     tsgi_group_ref_t *ref;
     if (!strcmp(value, TSGI_GLOBAL_GROUP))
         return NULL;
-    if (!tsgi_is_group_name(value)) {
+    if (!tsgi_daemon_is_group_name(value)) {
         return apr_psprintf(cmd->pool,
                             "%s: invalid process group '%s' (expected the name of a "
                             "TSGIDaemonProcess, or %%{GLOBAL} for embedded mode)",

@@ -338,8 +338,9 @@ function preflight(settings: ExpressSettings): string | null {
   return null;
 }
 
-async function setupServer(args: string[]): Promise<number> {
-  const settings = parseServerOptions(args, 'setup-server');
+/** The settings of start-server / setup-server, checked; or the exit code (after --help or a clear error). */
+function checkedSettings(args: string[], command: 'start-server' | 'setup-server'): ExpressSettings | number {
+  const settings = parseServerOptions(args, command);
   if (settings === 'help') {
     process.stdout.write(EXPRESS_USAGE);
     return 0;
@@ -347,6 +348,12 @@ async function setupServer(args: string[]): Promise<number> {
   if (typeof settings === 'string') return fail(settings);
   const problem = preflight(settings);
   if (problem) return fail(problem, 1);
+  return settings;
+}
+
+async function setupServer(args: string[]): Promise<number> {
+  const settings = checkedSettings(args, 'setup-server');
+  if (typeof settings === 'number') return settings;
   const files = serverRootFiles(settings.serverRoot);
   try {
     writeServerRoot(settings);
@@ -437,14 +444,8 @@ function reloadingText(s: ExpressSettings): string {
 }
 
 async function startServer(args: string[]): Promise<number> {
-  const settings = parseServerOptions(args, 'start-server');
-  if (settings === 'help') {
-    process.stdout.write(EXPRESS_USAGE);
-    return 0;
-  }
-  if (typeof settings === 'string') return fail(settings);
-  const problem = preflight(settings);
-  if (problem) return fail(problem, 1);
+  const settings = checkedSettings(args, 'start-server');
+  if (typeof settings === 'number') return settings;
 
   const files = serverRootFiles(settings.serverRoot);
   let conf: string;

@@ -331,6 +331,30 @@ Alias /ht ${root}/ht
     }
   });
 
+  it('socket-timeout: a daemon that sends nothing for that long gets 504 from the Apache child, which says why in the log', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tsgi-socket-timeout-'));
+    chmodSync(dir, 0o755);
+    try {
+      const app = join(dir, 'hang.tsgi');
+      writeFileSync(app, 'export function application() {\n  return new Promise(() => undefined);\n}\n');
+      chmodSync(app, 0o644);
+      const config = [
+        // request-timeout=0: the daemon never ends the request itself; only the Apache side's wait is bounded.
+        'TSGIDaemonProcess quiet processes=1 graceful-timeout=1 request-timeout=0 socket-timeout=1',
+        `TSGIScriptAlias /hang ${app} process-group=quiet`,
+        `<Directory ${dir}>\n  Require all granted\n</Directory>`,
+      ].join('\n');
+      await withApache(config, async (apache) => {
+        await tree(apache, 1);
+        const r = await request(apache.url('/hang'), { timeoutMs: 30_000 });
+        expect(r.status).toBe(504);
+        await pollFor('the TSGI0311 line', async () => (/TSGI0311: group quiet \(daemon pid \d+\): no frame within socket-timeout \(1 s\)/.test(apache.errorLog()) ? true : undefined));
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('the sockets are removed at stop', async () => {
     const apache = await startApache({ modules: [MOD_TSGI], config: 'TSGIDaemonProcess gone processes=1 graceful-timeout=2\n', keepRoot: true });
     let sockets: string[] = [];

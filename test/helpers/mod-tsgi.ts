@@ -6,9 +6,10 @@
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
-import * as net from 'node:net';
 import { join } from 'node:path';
 import { ROOT } from './serve';
+import { queryStatusSocket } from '../../src/cli/status';
+import type { PoolStatusReport } from '../../src/daemon-mode';
 
 export const MOD_TSGI_SO = join(ROOT, 'build', 'native', 'mod_tsgi.so');
 export const MOD_TSGI = { name: 'tsgi_module', path: MOD_TSGI_SO };
@@ -232,22 +233,8 @@ export function uidGid(pid: number): { uid: number; gid: number } | null {
   return { uid: Number(st['Uid']!.split(/\s+/)[1]), gid: Number(st['Gid']!.split(/\s+/)[1]) };
 }
 
-/** docs/protocol.md §5. */
-export interface DaemonStatus {
-  group: string;
-  pid: number;
-  startedAt: string;
-  threads: number;
-  processes: {
-    pid: number;
-    state: 'starting' | 'ready' | 'draining';
-    requests: number;
-    inflight: number;
-    rssBytes: number;
-    uptimeMs: number;
-    running: { what: string; ageMs: number }[];
-  }[];
-}
+/** docs/protocol.md §5: the supervisor's own type. */
+export type DaemonStatus = PoolStatusReport;
 
 /** The status sockets (`<prefix>.<parentpid>.<n>.status`) under `dir` (the harness's DefaultRuntimeDir is the ServerRoot). */
 export function statusSockets(dir: string): string[] {
@@ -257,27 +244,9 @@ export function statusSockets(dir: string): string[] {
     .sort();
 }
 
-/** Connects to a status socket and reads the JSON it sends before closing (the launch contract's fd 5). */
+/** Connects to a status socket and reads the JSON it sends before closing (the launch contract's fd 5): `tsgi status`'s own reader. */
 export function readStatusSocket(path: string, timeoutMs = 5000): Promise<DaemonStatus> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    const sock = net.connect(path);
-    const timer = setTimeout(() => sock.destroy(new Error(`status socket ${path}: no answer within ${timeoutMs} ms`)), timeoutMs);
-    sock.on('data', (c: Buffer) => chunks.push(c));
-    sock.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    sock.on('end', () => {
-      clearTimeout(timer);
-      const text = Buffer.concat(chunks).toString('utf8');
-      try {
-        resolve(JSON.parse(text) as DaemonStatus);
-      } catch (e) {
-        reject(new Error(`status socket ${path}: not JSON (${(e as Error).message}): ${JSON.stringify(text.slice(0, 500))}`));
-      }
-    });
-  });
+  return queryStatusSocket(path, timeoutMs);
 }
 
 /** The status of group `name` from the first status socket under `dir` that answers for it. */
